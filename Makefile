@@ -1,0 +1,57 @@
+# Two commands: `make test` and `make book`. Both create the virtual environment on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+# This machine's pip holds a CPU build of torch 2.13.0; installing it first keeps pip from pulling a
+# multi-GB CUDA build for the bare `torch` requirement. Elsewhere point pip at the CPU wheels, e.g.
+#   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC     ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_WORKERS ?= 2
+
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Runs never touch the network: no hub downloads, no telemetry.
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup test unit notebooks book bench-notebooks zoo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+## test: unit tests of lfm_ref plus nbval over every chapter, spread over the cores
+test: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope \
+		--nbval-lax --nbval-current-env tests notebooks
+
+unit: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) tests
+
+notebooks: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --nbval-lax --nbval-current-env notebooks
+
+## book: build the HTML book (notebooks executed, warnings are errors) into _build/html
+book: setup
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@test -f _build/html/index.html || { echo "no _build/html/index.html: the book did not build"; exit 1; }
+	@echo "The book is in $(abspath _build/html/index.html)"
+
+## bench-notebooks: wall time of every chapter against the 60 s budget (a report, not a test)
+bench-notebooks: setup
+	$(BIN)/python scripts/bench_notebooks.py
+
+## zoo: rebuild the zoo's weights from scratch (deterministic; minutes on a CPU)
+zoo: setup
+	$(BIN)/python -m lfm_ref.zoo build
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,89 @@
+"""Small helpers for causal language models (TinyGPT and any Hugging Face ``*ForCausalLM``)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .train import DictDataset
+
+
+def _check_texts(texts, what: str = "texts") -> list[str]:
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise ValueError(f"{what} is empty")
+    return list(texts)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def encode(tokenizer, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` for ``texts`` (the tokenizer adds its specials)."""
+    texts = _check_texts(texts)
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    input_ids = torch.full((len(ids), width), _pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def lm_dataset(tokenizer, texts: Sequence[str]) -> DictDataset:
+    """A causal-LM training set: every text followed by end-of-sequence, padding masked out of the loss."""
+    batch = encode(tokenizer, [t + " " + tokenizer.eos_token for t in _check_texts(texts)])
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)  # -100: ignored by the loss
+    return DictDataset({**batch, "labels": labels})
+
+
+def target_ids(tokenizer, targets: Sequence[str]) -> torch.Tensor:
+    """The first token of each target word, as it would follow a prompt (with a leading space)."""
+    return torch.tensor([tokenizer(" " + t, add_special_tokens=False)["input_ids"][0] for t in _check_texts(targets, "targets")])
+
+
+@torch.no_grad()
+def next_token_logits(model, tokenizer, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Logits of the token that follows each prompt, shape ``(len(prompts), vocab)``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    batch = encode(tokenizer, prompts)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        ids = batch["input_ids"][start:start + batch_size].to(dev)
+        mask = batch["attention_mask"][start:start + batch_size].to(dev)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        last = mask.sum(1) - 1  # right padding: the last real token of each row
+        out.append(logits[torch.arange(len(ids), device=dev), last])
+    return torch.cat(out)
+
+
+def next_token_accuracy(model, tokenizer, prompts: Sequence[str], targets: Sequence[str]) -> float:
+    """Fraction of prompts whose greedy next token is the (first token of the) target."""
+    prompts, targets = _check_texts(prompts, "prompts"), _check_texts(targets, "targets")
+    if len(prompts) != len(targets):
+        raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
+    predicted = next_token_logits(model, tokenizer, prompts).argmax(-1).cpu()
+    return (predicted == target_ids(tokenizer, targets)).float().mean().item()
+
+
+def fact_recall(model, tokenizer, facts, template: int = 0) -> float:
+    """Fraction of ``facts`` (``lfm_ref.data.Fact``) the model completes correctly from ``template``."""
+    facts = list(facts)
+    if not facts:
+        raise ValueError("facts is empty")
+    return next_token_accuracy(model, tokenizer, [f.prompt(template) for f in facts], [f.object for f in facts])
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 5) -> str:
+    """Greedy continuation of one prompt, decoded (the new text only)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    enc = tokenizer(prompt, return_tensors="pt").to(dev)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=_pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -1,0 +1,197 @@
+"""The one training loop (`fit`) and the one evaluation helper (`evaluate`) of the book.
+
+A method file supplies only what is special to it, usually a ``loss_fn(model, batch)``; everything
+else (batching, device moves, the optimiser, the schedule, the progress bar) lives here.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .utils import device as default_device
+
+Batch = "torch.Tensor | tuple | list | Mapping[str, torch.Tensor]"
+
+
+class DictDataset(Dataset):
+    """A dataset over a dict of equally long tensors; each item is a dict (Hugging Face style batches)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        if not tensors:
+            raise ValueError("DictDataset needs at least one tensor, got an empty mapping")
+        lengths = {k: len(v) for k, v in tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"all tensors must have the same length, got {lengths}")
+        self.tensors = dict(tensors)
+        self.n = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+def to_device(batch, dev: torch.device):
+    """Move a tensor, or a tuple/list/dict of tensors, to ``dev``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dev, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, dev) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, dev) for v in batch)
+    return batch
+
+
+def default_loss(model: torch.nn.Module, batch) -> torch.Tensor:
+    """Cross-entropy for ``(x, y)`` batches; the model's own ``.loss`` for dict batches (Hugging Face)."""
+    if isinstance(batch, Mapping):
+        out = model(**batch)
+        if getattr(out, "loss", None) is None:
+            raise ValueError("a dict batch needs a model that returns .loss (pass labels=...), or give loss_fn")
+        return out.loss
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+    raise TypeError(f"default_loss expects an (inputs, labels) pair or a dict batch, got {type(batch).__name__}; "
+                    "pass loss_fn=... for other batches")
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    if progress is not None:
+        return bool(progress)
+    flag = os.environ.get("LFM_PROGRESS")
+    if flag is not None:
+        return flag not in ("0", "", "false", "False")
+    # Interactive terminals and Colab get a bar; executed books and CI logs stay clean.
+    return sys.stderr.isatty() or "google.colab" in sys.modules
+
+
+def as_loader(data, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterable:
+    """Accept a DataLoader, a Dataset, or a tuple of tensors, and return something iterable over batches."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, tuple) and all(isinstance(t, torch.Tensor) for t in data):
+        data = TensorDataset(*data)
+    if not isinstance(data, Dataset):
+        raise TypeError(f"data must be a DataLoader, a Dataset or a tuple of tensors, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError("data is empty: there is nothing to train or evaluate on")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def fit(
+    model: torch.nn.Module,
+    data,
+    *,
+    loss_fn: Callable[[torch.nn.Module, object], torch.Tensor] | None = None,
+    epochs: int = 1,
+    steps: int | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    params: Iterable[torch.nn.Parameter] | None = None,
+    schedule: str = "cosine",
+    warmup: int = 0,
+    clip_grad: float | None = 1.0,
+    device: torch.device | str | None = None,
+    seed: int | None = None,
+    progress: bool | None = None,
+) -> list[float]:
+    """Train ``model`` with AdamW and return the loss of every step.
+
+    ``loss_fn(model, batch)`` returns a scalar; by default cross-entropy on ``(x, y)`` or the model's
+    ``.loss`` on dict batches. ``params`` restricts training to some parameters (all trainable ones by
+    default). ``steps`` overrides ``epochs`` with a step count. The schedule is ``"cosine"`` (decay to 0)
+    or ``"constant"``, after ``warmup`` linear warm-up steps. The model is left in eval mode.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int or None, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    dev = torch.device(device) if device is not None else default_device()
+    loss_fn = loss_fn or default_loss
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    loader = as_loader(data, batch_size, shuffle=True, generator=generator)
+
+    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+    model.to(dev).train()
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total = steps if steps is not None else epochs * len(loader)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))  # cosine to 0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, disable=not _progress_enabled(progress), leave=False)
+    losses: list[float] = []
+    while len(losses) < total:
+        for batch in loader:
+            loss = loss_fn(model, to_device(batch, dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if len(losses) >= total:
+                break
+    bar.close()
+    model.eval()
+    return losses
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Number of rows whose arg-max equals the label (summed, so that `evaluate` can average over batches)."""
+    return (logits.argmax(-1) == labels).sum()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    data,
+    *,
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = accuracy,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> float:
+    """Average ``metric`` of ``model`` over ``(x, y)`` data (accuracy by default), in eval mode.
+
+    ``metric(outputs, labels)`` returns the *sum* over the batch; the result is divided by the number
+    of examples, so any per-example metric (accuracy, squared error, log-likelihood) works.
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.to(dev).eval()
+    total, n = 0.0, 0
+    for batch in as_loader(data, batch_size, shuffle=False):
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise TypeError("evaluate expects (inputs, labels) batches")
+        x, y = to_device(batch, dev)
+        total += float(metric(model(x), y))
+        n += len(y)
+    model.train(was_training)
+    return total / n

@@ -1,0 +1,50 @@
+"""Device and seeding helpers shared by every chapter."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def device(prefer: str | None = None) -> torch.device:
+    """The device a chapter should run on: ``prefer`` if given, else CUDA, then Apple's MPS, then the CPU.
+
+    The environment variable ``LFM_DEVICE`` overrides the automatic choice (``LFM_DEVICE=cpu`` pins a
+    GPU machine to the CPU, e.g. to compare timings).
+    """
+    choice = prefer or os.environ.get("LFM_DEVICE")
+    if choice is not None:
+        if not isinstance(choice, str):
+            raise TypeError(f"device name must be a string such as 'cpu' or 'cuda', got {type(choice).__name__}")
+        dev = torch.device(choice)  # raises RuntimeError with torch's own message for nonsense names
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {choice!r} was asked for, but torch.cuda.is_available() is False")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices) and return a ``torch.Generator`` seeded alike.
+
+    The returned generator lets a caller draw random numbers that do not disturb the global stream.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
+    if not 0 <= int(seed) < 2**32:
+        raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    return torch.Generator().manual_seed(seed)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``model`` (only those with ``requires_grad`` if ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,195 @@
+"""The book's foundation models, grown offline from data the package generates or ships.
+
+``load("tiny-gpt")`` returns ``(model, tokenizer)``: a Hugging Face ``GPT2LMHeadModel`` pretrained on the
+fact world, with the world's word-level tokenizer. ``load("tiny-cnn")`` and ``load("tiny-vit")`` return
+digits classifiers. Any other name is handed to Hugging Face's ``from_pretrained`` (a hub id such as
+``"gpt2"`` in Colab, or a folder written by ``save_pretrained``) and returns ``(model, tokenizer)`` too:
+the zoo's language model is loaded by exactly that path, so code written for it runs on real models.
+
+Weights ship with the package (``lfm_ref/zoo/weights``) and are rebuilt, deterministically, by
+``python -m lfm_ref.zoo build``. If they are missing, the first ``load`` builds them into a cache
+folder (``$LFM_REF_CACHE`` or ``~/.cache/lfm_ref``) under a file lock, so parallel notebooks build once.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..utils import count_parameters, device as default_device, seed_everything
+from .models import TinyCNN, TinyViT
+
+PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+META = "meta.json"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LFM_REF_CACHE", Path.home() / ".cache" / "lfm_ref")) / "zoo"
+
+
+# ----- recipes: how each zoo model is grown ------------------------------------------------------
+def _build_tiny_gpt(seed: int = 0):
+    """GPT-2 architecture, 4 layers of width 128, pretrained on the fact world's pretraining corpus."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from .. import lm
+    from ..data import FactWorld
+    from ..train import fit
+
+    world = FactWorld(seed=0)
+    tokenizer = world.tokenizer()
+    seed_everything(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=128, n_layer=4, n_head=4,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id,
+                        # no dropout: the point of pretraining here is to memorise the world's facts
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    history = fit(model, lm.lm_dataset(tokenizer, world.corpus("train")), epochs=60, batch_size=32, lr=3e-3,
+                  weight_decay=0.01, warmup=50, device="cpu", seed=seed)
+    metrics = {
+        "train_recall": lm.fact_recall(model, tokenizer, world.split("train")),
+        "held_out_recall": lm.fact_recall(model, tokenizer, world.split("held_out")),
+        "paraphrase_recall": lm.fact_recall(model, tokenizer, world.split("train"), template=3),
+    }
+    return (model, tokenizer), history, metrics
+
+
+def _build_digits(cls, seed: int = 0, epochs: int = 40, lr: float = 3e-3):
+    from ..data import digits_task
+    from ..train import evaluate, fit
+
+    seed_everything(seed)
+    model = cls()
+    history = fit(model, digits_task("digits", "train"), epochs=epochs, batch_size=64, lr=lr,
+                  weight_decay=0.01, device="cpu", seed=seed)
+    metrics = {"test_accuracy": evaluate(model, digits_task("digits", "test"))}
+    return model, history, metrics
+
+
+ZOO = {
+    "tiny-gpt": {"kind": "causal-lm", "build": _build_tiny_gpt,
+                 "about": "GPT-2 (4 layers, width 128) pretrained on the fact world; returns (model, tokenizer)"},
+    "tiny-cnn": {"kind": "vision", "build": lambda: _build_digits(TinyCNN), "cls": TinyCNN,
+                 "about": "CNN with BatchNorm trained on 8x8 digits"},
+    "tiny-vit": {"kind": "vision", "build": lambda: _build_digits(TinyViT, epochs=60), "cls": TinyViT,
+                 "about": "Vision Transformer (2x2 patches) trained on 8x8 digits"},
+}
+
+
+def names() -> list[str]:
+    """The names of the zoo's own models."""
+    return sorted(ZOO)
+
+
+# ----- building and storing ----------------------------------------------------------------------
+def build(name: str, out_dir: str | Path | None = None) -> Path:
+    """Train zoo model ``name`` from scratch and save it under ``out_dir`` (the package folder by default)."""
+    _check_zoo_name(name)
+    out = Path(out_dir or PACKAGE_WEIGHTS) / name
+    start = time.time()
+    built, history, metrics = ZOO[name]["build"]()
+    out.mkdir(parents=True, exist_ok=True)
+    if ZOO[name]["kind"] == "causal-lm":
+        model, tokenizer = built
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        config = model.config.to_diff_dict()
+    else:
+        from safetensors.torch import save_file
+
+        model = built
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+        config = model.config
+    meta = {"name": name, "config": config, "parameters": count_parameters(built[0] if isinstance(built, tuple) else built),
+            "metrics": metrics, "build_seconds": round(time.time() - start, 1), "torch": torch.__version__,
+            "history": [round(x, 5) for x in history]}
+    (out / META).write_text(json.dumps(meta, indent=1, default=str))
+    return out
+
+
+def _find(name: str) -> Path | None:
+    for root in (PACKAGE_WEIGHTS, _cache_dir()):
+        if (root / name / META).exists():
+            return root / name
+    return None
+
+
+def path(name: str) -> Path:
+    """The folder holding zoo model ``name``, building it into the cache first if it is missing."""
+    _check_zoo_name(name)
+    found = _find(name)
+    if found is not None:
+        return found
+    from filelock import FileLock
+
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / f"{name}.lock")):
+        found = _find(name)  # another process may have built it while we waited
+        return found if found is not None else build(name, cache)
+
+
+def info(name: str) -> dict:
+    """What is recorded about a zoo model: its config, parameter count, quality metrics and loss history."""
+    return json.loads((path(name) / META).read_text())
+
+
+# ----- loading -----------------------------------------------------------------------------------
+def _check_zoo_name(name: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    if name not in ZOO:
+        close = difflib.get_close_matches(name, ZOO, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown zoo model {name!r}.{hint} Known zoo models: {names()}")
+
+
+def load(name: str, device: torch.device | str | None = None):
+    """Load a model: a zoo name, a Hugging Face hub id, or a folder saved with ``save_pretrained``.
+
+    Returns ``(model, tokenizer)`` for language models and the model alone for the vision models,
+    in eval mode on ``device`` (default: :func:`lfm_ref.utils.device`).
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"model name must be a string or a path, got {type(name).__name__}")
+    dev = torch.device(device) if device is not None else default_device()
+    name = os.fspath(name)
+    if name in ZOO and ZOO[name]["kind"] == "vision":
+        from safetensors.torch import load_file
+
+        folder = path(name)
+        model = ZOO[name]["cls"](**json.loads((folder / META).read_text())["config"])
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        return model.to(dev).eval()
+    if name in ZOO:
+        return _from_pretrained(path(name), dev)
+    if not os.path.isdir(name) and (name.startswith("tiny-") or difflib.get_close_matches(name, ZOO, n=1, cutoff=0.75)):
+        _check_zoo_name(name)  # a misspelt zoo name: fail here, before any network access
+    try:
+        return _from_pretrained(name, dev)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{name!r} is not a zoo model (known: {names()}) and could not be loaded with "
+                         f"from_pretrained as a Hugging Face id or a local folder: {err}") from err
+
+
+def _from_pretrained(where, dev: torch.device):
+    """The real loading path, the same for the zoo's TinyGPT and for GPT-2 from the hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    if tokenizer.pad_token is None:  # GPT-2 ships without one; batching needs it
+        tokenizer.pad_token = tokenizer.eos_token
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "loading weights" bar per call would clutter every chapter
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.to(dev).eval(), tokenizer

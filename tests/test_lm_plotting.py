@@ -1,0 +1,75 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import pytest
+import torch
+
+from lfm_ref import lm, plotting
+
+
+def test_encode_right_pads_and_masks(world):
+    tok = world.tokenizer()
+    batch = lm.encode(tok, ["Hello", world.corpus()[0]])
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][0].tolist()[:2] == [1, 1] and batch["attention_mask"][0, -1] == 0
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tok.pad_token_id).all()
+
+
+def test_lm_dataset_masks_padding_out_of_the_loss(world):
+    tok = world.tokenizer()
+    ds = lm.lm_dataset(tok, world.corpus()[:5])
+    labels, mask = ds.tensors["labels"], ds.tensors["attention_mask"]
+    assert ((labels == -100) == (mask == 0)).all()
+    last = mask.sum(1) - 1
+    assert (ds.tensors["input_ids"][torch.arange(5), last] == tok.eos_token_id).all()
+
+
+def test_batched_next_token_logits_equal_one_by_one(tiny_gpt, world):
+    """Right padding must not change a prompt's prediction."""
+    model, tok = tiny_gpt
+    prompts = [f.prompt(t) for f in world.split("train")[:6] for t in (0, 2)]  # different lengths
+    batched = lm.next_token_logits(model, tok, prompts)
+    single = torch.cat([lm.next_token_logits(model, tok, [p]) for p in prompts])
+    assert torch.allclose(batched, single, atol=1e-5)
+
+
+def test_next_token_accuracy_matches_complete(tiny_gpt, world):
+    model, tok = tiny_gpt
+    facts = world.split("train")[:20]
+    acc = lm.next_token_accuracy(model, tok, [f.prompt() for f in facts], [f.object for f in facts])
+    by_generate = sum(lm.complete(model, tok, f.prompt(), max_new_tokens=1) == f.object for f in facts) / 20
+    assert acc == pytest.approx(by_generate)
+
+
+def test_lm_bad_input(tiny_gpt):
+    model, tok = tiny_gpt
+    with pytest.raises(TypeError, match="list of strings"):
+        lm.encode(tok, "one string")
+    with pytest.raises(ValueError, match="empty"):
+        lm.encode(tok, [])
+    with pytest.raises(ValueError, match="2 prompts but 1 targets"):
+        lm.next_token_accuracy(model, tok, ["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="facts is empty"):
+        lm.fact_recall(model, tok, [])
+
+
+def test_taxonomy_figure_draws_the_five_paradigms():
+    fig = plotting.taxonomy_figure()
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert set(plotting.TAXONOMY) <= texts
+    assert sum(len(v) for v in plotting.TAXONOMY.values()) + 6 == len(texts)
+    with pytest.raises(ValueError, match="empty"):
+        plotting.taxonomy_figure({})
+
+
+def test_show_images_and_history():
+    fig = plotting.show_images(torch.rand(5, 1, 8, 8), titles=list("abcde"), ncols=3)
+    assert len(fig.axes) == 6
+    with pytest.raises(ValueError, match="one channel"):
+        plotting.show_images(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="2 images but 1 titles"):
+        plotting.show_images(torch.rand(2, 8, 8), titles=["a"])
+    ax = plotting.plot_history([3.0, 2.0, 1.0] * 10, window=5, label="loss")
+    assert len(ax.lines) == 2
+    with pytest.raises(ValueError, match="empty"):
+        plotting.plot_history([])
