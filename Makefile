@@ -15,7 +15,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
-export MPLBACKEND := Agg
 
 .PHONY: setup test unit notebooks book bench-notebooks zoo clean
 

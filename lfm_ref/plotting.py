@@ -52,7 +52,7 @@ def show_images(images: torch.Tensor, titles: Sequence[str] | None = None, ncols
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(images[i].numpy(), cmap="gray_r", vmin=0, vmax=1)
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=8)
     fig.tight_layout()
@@ -63,10 +63,10 @@ def taxonomy_figure(taxonomy: dict[str, Sequence[str]] = TAXONOMY):
     """The survey's taxonomy as a tree: Learn From Model -> five paradigms -> their families."""
     if not taxonomy:
         raise ValueError("taxonomy is empty")
-    fig, ax = plt.subplots(figsize=(11, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 4.6))
     ax.axis("off")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0.15, 1)
     box = dict(boxstyle="round,pad=0.4", linewidth=1)
     colors = plt.get_cmap("tab10").colors
     root = (0.5, 0.93)
