@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test unit notebooks book bench-notebooks zoo clean
+.PHONY: setup test unit notebooks book bench-notebooks strip-outputs zoo clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# torchdistill is a peer for the distillation tests; its torchvision requirement would replace
+	# the CPU torch with a CUDA build, and its loss modules need no torchvision: install it alone.
+	$(BIN)/python -m pip install -q --no-deps "torchdistill>=1.1"
 	touch $@
 
 ## test: unit tests of lfm_ref plus nbval over every chapter, spread over the cores
@@ -47,6 +50,10 @@ book: setup
 ## bench-notebooks: wall time of every chapter against the 60 s budget (a report, not a test)
 bench-notebooks: setup
 	$(BIN)/python scripts/bench_notebooks.py
+
+## strip-outputs: clear the outputs of every notebook (they are committed without outputs)
+strip-outputs: setup
+	$(BIN)/python scripts/strip_outputs.py
 
 ## zoo: rebuild the zoo's weights from scratch (deterministic; minutes on a CPU)
 zoo: setup

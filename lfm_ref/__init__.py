@@ -5,8 +5,8 @@ training loop ``fit`` and evaluation helper ``evaluate`` (:mod:`lfm_ref.train`),
 (:mod:`lfm_ref.data`), the model zoo (:mod:`lfm_ref.zoo`), language-model helpers (:mod:`lfm_ref.lm`)
 and plots (:mod:`lfm_ref.plotting`). Methods live in sub-packages named after the survey's taxonomy.
 """
-from .train import evaluate, fit
+from .train import evaluate, fit, predict
 from .utils import count_parameters, device, seed_everything
 
 __version__ = "0.1.0"
-__all__ = ["count_parameters", "device", "evaluate", "fit", "seed_everything", "__version__"]
+__all__ = ["count_parameters", "device", "evaluate", "fit", "predict", "seed_everything", "__version__"]

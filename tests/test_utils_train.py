@@ -133,3 +133,29 @@ def test_fit_and_evaluate_on_cuda():
     fit(model, (x, y), epochs=20, lr=0.05, device="cuda", seed=0)
     assert next(model.parameters()).is_cuda
     assert evaluate(model, (x, y)) > 0.9
+
+
+def test_predict_batches_and_restores_mode():
+    from lfm_ref import predict
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train()
+    x = torch.randn(10, 3)
+    out = predict(model, x, batch_size=3)
+    assert model.training
+    with torch.no_grad():
+        assert torch.allclose(out, model.eval()(x))
+    with pytest.raises(TypeError, match="tensor"):
+        predict(model, [1, 2])
+
+
+def test_tensor_batches_cover_every_example_once():
+    from lfm_ref.train import as_loader
+
+    x = torch.arange(10)
+    batches = list(as_loader((x, x * 2), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    seen = torch.cat([b[0] for b in batches])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert all(torch.equal(b[1], b[0] * 2) for b in batches)  # rows stay aligned
+    with pytest.raises(ValueError, match="same length"):
+        as_loader((x, x[:3]), batch_size=2, shuffle=False)

@@ -95,3 +95,20 @@ class TinyViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class TinyMLP(nn.Module):
+    """A small student for 8x8 digits: ``body`` (two hidden layers) gives features, ``head`` classifies."""
+
+    def __init__(self, n_classes: int = 10, hidden: int = 32, image_size: int = 8):
+        super().__init__()
+        self.config = {"n_classes": n_classes, "hidden": hidden, "image_size": image_size}
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(image_size * image_size, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.config["image_size"]
+        if x.shape[-2:] != (size, size):
+            raise ValueError(f"TinyMLP expects images of size {size}x{size}, got shape {tuple(x.shape)}")
+        return self.head(self.body(x))
