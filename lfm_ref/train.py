@@ -109,9 +109,7 @@ def as_loader(data, batch_size: int, shuffle: bool, generator: torch.Generator |
         raise ValueError("data is empty: there is nothing to train or evaluate on")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(data, TensorDataset):
-        return TensorBatches(data.tensors, batch_size, shuffle, generator)
-    if isinstance(data, DictDataset):
+    if isinstance(data, (TensorDataset, DictDataset)):
         return TensorBatches(data.tensors, batch_size, shuffle, generator)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
