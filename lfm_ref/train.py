@@ -136,8 +136,9 @@ def fit(
 
     ``loss_fn(model, batch)`` returns a scalar; by default cross-entropy on ``(x, y)`` or the model's
     ``.loss`` on dict batches. ``params`` restricts training to some parameters (all trainable ones by
-    default). ``steps`` overrides ``epochs`` with a step count; ``clip_grad`` clips the gradient norm. The schedule is ``"cosine"`` (decay to 0)
-    or ``"constant"``, after ``warmup`` linear warm-up steps. The model is left in eval mode.
+    default). ``steps`` overrides ``epochs`` with a step count; ``clip_grad`` clips the gradient norm.
+    The schedule is ``"cosine"`` (decay to 0) or ``"constant"``, after ``warmup`` linear warm-up steps.
+    The model is left in eval mode.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")

@@ -37,7 +37,7 @@ class HintRegressor(nn.Module):
 
 
 def hint_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, regressor: nn.Module) -> torch.Tensor:
-    """FitNets' L_HT, averaged over elements (``0.5 * mse``), as a per-example mean."""
+    """FitNets' L_HT with the squared norm averaged over elements: ``0.5 * mse`` (torchdistill uses ``mse``)."""
     r = regressor(student_features)
     if r.shape != teacher_features.shape:
         raise ValueError(f"the regressed student features have shape {tuple(r.shape)} but the teacher's hint "
@@ -62,16 +62,21 @@ class Distillation(nn.Module):
         return self
 
 
+def paired_features(d: Distillation, x: torch.Tensor, student_layer: str, teacher_layer: str):
+    """``(student features, teacher features, student logits)`` of the named layers on one batch."""
+    with capture_outputs(d.teacher, [teacher_layer]) as t_out, torch.no_grad():
+        d.teacher(x)
+    with capture_outputs(d.student, [student_layer]) as s_out:
+        logits = d.student(x)
+    return s_out[student_layer], t_out[teacher_layer], logits
+
+
 def fitnets_hint_objective(student_layer: str, teacher_layer: str):
     """Stage 1 of FitNets as a ``loss_fn`` for ``fit(Distillation(student, teacher, regressor=...), ...)``."""
 
     def loss_fn(d: Distillation, batch):
-        x, _ = batch
-        with capture_outputs(d.teacher, [teacher_layer]) as t_out, torch.no_grad():
-            d.teacher(x)
-        with capture_outputs(d.student, [student_layer]) as s_out:
-            d.student(x)
-        return hint_loss(s_out[student_layer], t_out[teacher_layer], d.extra["regressor"])
+        student, teacher, _ = paired_features(d, batch[0], student_layer, teacher_layer)
+        return hint_loss(student, teacher, d.extra["regressor"])
 
     return loss_fn
 
@@ -118,11 +123,7 @@ def rkd_objective(student_layer: str, teacher_layer: str, distance_weight: float
 
     def loss_fn(d: Distillation, batch):
         x, y = batch
-        with capture_outputs(d.teacher, [teacher_layer]) as t_out, torch.no_grad():
-            d.teacher(x)
-        with capture_outputs(d.student, [student_layer]) as s_out:
-            logits = d.student(x)
-        relational = rkd_loss(s_out[student_layer], t_out[teacher_layer], distance_weight, angle_weight)
-        return F.cross_entropy(logits, y) + relational
+        student, teacher, logits = paired_features(d, x, student_layer, teacher_layer)
+        return F.cross_entropy(logits, y) + rkd_loss(student, teacher, distance_weight, angle_weight)
 
     return loss_fn
