@@ -254,8 +254,9 @@ def dafl(teacher: nn.Module, student: nn.Module, generator: Generator, feature_l
     """Train ``generator`` with DAFL's losses and distil ``teacher`` into ``student`` on its samples.
 
     ``feature_layer`` names the teacher module whose output is the feature ``f_T`` of the activation
-    loss (the penultimate layer). ``alpha=0.1`` and ``beta=5`` are the paper's MNIST weights; its
-    generator learning rate (0.2) diverges at our scale, so both learning rates are Adam's usual ones.
+    loss (the penultimate layer). ``alpha=0.1`` and ``beta=5`` are the paper's MNIST weights; with its
+    generator learning rate (0.2) our first runs got worse as they trained, so both learning rates are
+    Adam's usual ones.
     ``bn_weight > 0`` adds DeepInversion's BatchNorm loss to the generator's (not in the paper; later
     generator methods do it). The student is distilled with KL at ``temperature`` on every fresh batch.
     Returns ``(generator loss, student loss)`` per step.
