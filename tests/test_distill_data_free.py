@@ -81,9 +81,9 @@ def test_total_variation():
 
 
 def test_deep_inversion_errors(teacher):
-    vit_like = TinyMLP()
+    no_batchnorm = TinyMLP()
     with pytest.raises(ValueError, match="BatchNorm"):
-        deep_inversion(vit_like, torch.arange(4), (1, 8, 8), steps=1)
+        deep_inversion(no_batchnorm, torch.arange(4), (1, 8, 8), steps=1)
     with pytest.raises(ValueError, match="running statistics"):
         BatchNormStatistics(nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)))
     with pytest.raises(TypeError, match="class indices"):
@@ -124,6 +124,8 @@ def test_dafl_trains_generator_and_student_but_not_the_teacher(teacher):
     assert len(history) == 4 and calls == [2, 4]
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert not teacher.training
+    with pytest.raises(ValueError, match="same number of classes"):
+        dafl(teacher, TinyCNN(n_classes=5, width=4), Generator(), "features", steps=1, batch_size=4)
 
 
 def test_generator_shapes_and_errors():

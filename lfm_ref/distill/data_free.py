@@ -132,8 +132,9 @@ def deep_inversion(teacher: nn.Module, targets: torch.Tensor, shape: tuple[int, 
             stats.losses.clear()
             x_in = torch.roll(x, shifts=(dx, dy), dims=(-2, -1))
             logits = teacher(x_in)
+            squared_norm = x_in.pow(2).flatten(1).sum(1).mean()                 # ||x||_2^2 per image
             loss = (F.cross_entropy(logits, targets) + bn_weight * stats.loss     # class + feature statistics
-                    + tv_weight * total_variation(x_in) + l2_weight * x_in.pow(2).sum(dim=tuple(range(1, x.dim()))).mean())
+                    + tv_weight * total_variation(x_in) + l2_weight * squared_norm)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -171,10 +172,11 @@ class Generator(nn.Module):
         if size % 4:
             raise ValueError(f"size must be divisible by 4, got {size}")
         self.latent_dim, self.size, self.width = latent_dim, size, width
-        self.project = nn.Sequential(nn.Linear(latent_dim, width * (size // 4) ** 2))
+        self.project = nn.Linear(latent_dim, width * (size // 4) ** 2)
         self.net = nn.Sequential(
             nn.BatchNorm2d(width),
-            nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2),
             nn.Upsample(scale_factor=2), nn.Conv2d(width, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2),
             nn.LeakyReLU(0.2), nn.Conv2d(width // 2, channels, 3, padding=1), nn.Sigmoid(),
         )
@@ -187,7 +189,7 @@ class Generator(nn.Module):
 
     def sample(self, n: int) -> torch.Tensor:
         """``n`` images from fresh standard normal latents."""
-        return self(torch.randn(n, self.latent_dim, device=self.project[0].weight.device))
+        return self(torch.randn(n, self.latent_dim, device=self.project.weight.device))
 
 
 # --- generative reconstruction: DAFL ------------------------------------------------------------------
@@ -207,15 +209,16 @@ def dafl_losses(teacher_logits: torch.Tensor, teacher_features: torch.Tensor) ->
     }
 
 
-def _adversarial_loop(student, generator, steps, batch_size, student_steps, lr_student, lr_generator,
+def _adversarial_loop(student, generator, device, steps, batch_size, student_steps, lr_student, lr_generator,
                       generator_loss: Callable, student_targets: Callable, student_loss: Callable,
                       callback=None, every: int = 0):
     """The alternation shared by DAFL, DFAD and DFME: a generator step, then student steps on fresh samples.
 
-    ``callback(step, student)`` is called every ``every`` steps (e.g. to record test accuracy).
+    Student and generator are moved to the teacher's ``device`` first. ``callback(step, student)`` is
+    called every ``every`` steps (e.g. to record test accuracy).
     """
-    dev = _device_of(student)
-    generator.to(dev)
+    student.to(device)
+    generator.to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr_generator)
     opt_s = torch.optim.Adam(student.parameters(), lr=lr_student)
     sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, steps)
@@ -264,8 +267,6 @@ def dafl(teacher: nn.Module, student: nn.Module, generator: Generator, feature_l
     from .kd import kd_loss
 
     teacher.eval().requires_grad_(False)
-    generator.to(_device_of(teacher))
-    student.to(_device_of(teacher))
 
     def generator_loss(x):
         with capture_outputs(teacher, [feature_layer]) as acts, _bn_prior(teacher, bn_weight) as prior:
@@ -274,11 +275,10 @@ def dafl(teacher: nn.Module, student: nn.Module, generator: Generator, feature_l
         return (losses["one_hot"] + activation_weight * losses["activation"] + entropy_weight * losses["entropy"]
                 + prior.loss)
 
-    def student_loss(s_logits, t_logits):
-        _check_classes(s_logits, t_logits)
+    def student_loss(s_logits, t_logits):  # kd_loss itself rejects a different number of classes
         return kd_loss(s_logits, t_logits, temperature=temperature)
 
-    return _adversarial_loop(student, generator, steps, batch_size, 1, lr_student, lr_generator,
+    return _adversarial_loop(student, generator, _device_of(teacher), steps, batch_size, 1, lr_student, lr_generator,
                              generator_loss, teacher, student_loss, callback, every)
 
 
@@ -301,16 +301,14 @@ def dfad(teacher: nn.Module, student: nn.Module, generator: Generator, steps: in
     Returns ``(generator loss, student loss)`` per step.
     """
     teacher.eval().requires_grad_(False)
-    generator.to(_device_of(teacher))
-    student.to(_device_of(teacher))
 
     def generator_loss(x):
         with _bn_prior(teacher, bn_weight) as prior:
             t_logits = teacher(x)
         return -discrepancy(student(x), t_logits) + prior.loss  # the generator seeks where the student is wrong
 
-    return _adversarial_loop(student, generator, steps, batch_size, student_steps, lr_student, lr_generator,
-                             generator_loss, teacher, discrepancy, callback, every)
+    return _adversarial_loop(student, generator, _device_of(teacher), steps, batch_size, student_steps, lr_student,
+                             lr_generator, generator_loss, teacher, discrepancy, callback, every)
 
 
 class BlackBoxAPI:
@@ -371,9 +369,6 @@ def dfme(api: BlackBoxAPI, student: nn.Module, generator: Generator, steps: int 
     respect to ``x`` comes from :func:`zeroth_order_grad` (``directions + 1`` queries per image), then
     flows back into the generator exactly. The student is trained on the API's recovered logits.
     """
-    student.to(api.device)
-    generator.to(api.device)
-
     def generator_loss(x):
         with torch.no_grad():
             def f(inputs):  # the per-example discrepancy, with the student fixed
@@ -381,5 +376,5 @@ def dfme(api: BlackBoxAPI, student: nn.Module, generator: Generator, steps: int 
             grad_x = zeroth_order_grad(f, x.detach(), directions, eps)
         return -(grad_x * x).sum() / len(x)  # surrogate whose gradient w.r.t. x is -grad_x / B
 
-    return _adversarial_loop(student, generator, steps, batch_size, student_steps, lr_student, lr_generator,
-                             generator_loss, lambda x: api_logits(api, x), discrepancy, callback, every)
+    return _adversarial_loop(student, generator, api.device, steps, batch_size, student_steps, lr_student,
+                             lr_generator, generator_loss, lambda x: api_logits(api, x), discrepancy, callback, every)
