@@ -36,6 +36,14 @@ def test_prompt_is_sentence_without_object(world):
             assert fact.sentence(t).startswith(fact.prompt(t) + " " + fact.object)
 
 
+def test_decoding_gives_back_the_text(world, tiny_gpt):
+    """Text a model writes must tokenize back to the same ids (sequence-level KD trains on it)."""
+    texts = world.corpus("all", templates="all")[:200] + [p for p, _ in world.instructions("fill")[:20]]
+    for tok in (world.tokenizer(), tiny_gpt[1]):
+        ids = [tok(t)["input_ids"] for t in texts]
+        assert tok.batch_decode(ids, skip_special_tokens=True) == texts
+
+
 def test_every_object_is_one_token(world):
     tok = world.tokenizer()
     for relation in RELATIONS:

@@ -244,6 +244,8 @@ class FactWorld:
         tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         tok.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", vocab["<eos>"])])
-        tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+        # joins words with single spaces and nothing else, so decode(encode(text)) == text (no clean-up of
+        # the space before punctuation, which would glue "Kraleth ." into the unknown word "Kraleth.")
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
         return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                       eos_token="<eos>", bos_token="<eos>")
+                                       eos_token="<eos>", bos_token="<eos>", clean_up_tokenization_spaces=False)
