@@ -1,0 +1,258 @@
+"""Merging models in weight space: one state dict out of several, without training data.
+
+Every function takes and returns state dicts (``model.state_dict()``), so it works on any PyTorch or
+Hugging Face model. Fine-tuned models share one pretrained start ``theta_0``; a fine-tuned model's
+**task vector** is ``tau_t = theta_t - theta_0`` (Ilharco et al., 2023, "Editing Models with Task
+Arithmetic", ICLR; arXiv:2212.04089).
+
+- :func:`weighted_average`: ``theta = sum_t w_t theta_t / sum_t w_t``. Uniform weights give simple
+  averaging and the uniform model soup (Wortsman et al., 2022); weights proportional to client data
+  give FedAvg's server step (McMahan et al., 2017); the checkpoints of one run give SWA (Izmailov et al.,
+  2018) and, restricted to the latest ones, LAWA (Kaddour, 2022).
+- :func:`task_arithmetic`: ``theta = theta_0 + lam * sum_t tau_t`` (a negative ``lam`` forgets).
+- :func:`ties_merge`: TIES-merging (Yadav et al., 2023, NeurIPS; arXiv:2306.01708): trim, elect sign,
+  disjoint mean.
+- :func:`dare`: DARE (Yu et al., 2024, ICML; arXiv:2311.03099): drop each delta with probability ``p``
+  and rescale the rest by ``1 / (1 - p)``; combine with task arithmetic or TIES.
+- :func:`fisher_merge`: Fisher-weighted averaging (Matena & Raffel, 2022, NeurIPS; arXiv:2111.09832).
+
+Integer buffers (such as BatchNorm's ``num_batches_tracked``) are not weights: they are copied from the
+first model (or from ``theta_0``) unchanged.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+# ----- checks shared by every method ---------------------------------------------------------------
+def check_state_dicts(state_dicts: Sequence[StateDict], what: str = "state dicts") -> list[StateDict]:
+    """Raise a clear error unless ``state_dicts`` is a non-empty list of dicts with equal keys, shapes and devices."""
+    if isinstance(state_dicts, Mapping) or not isinstance(state_dicts, (list, tuple)):
+        raise TypeError(f"{what} must be a list of state dicts (model.state_dict()), got {type(state_dicts).__name__}")
+    if len(state_dicts) == 0:
+        raise ValueError(f"{what} is empty: there is nothing to merge")
+    for i, sd in enumerate(state_dicts):
+        if not isinstance(sd, Mapping):
+            raise TypeError(f"{what}[{i}] must be a state dict (model.state_dict()), got {type(sd).__name__}; "
+                            "pass model.state_dict() rather than the model")
+    first = state_dicts[0]
+    for i, sd in enumerate(state_dicts[1:], start=1):
+        if sd.keys() != first.keys():
+            missing, extra = sorted(set(first) - set(sd)), sorted(set(sd) - set(first))
+            raise ValueError(f"{what}[{i}] has different keys from {what}[0]: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]} (are they the same architecture?)")
+        for key, value in sd.items():
+            if value.shape != first[key].shape:
+                raise ValueError(f"{what}[{i}][{key!r}] has shape {tuple(value.shape)} but {what}[0] has "
+                                 f"{tuple(first[key].shape)}")
+            if value.device != first[key].device:
+                raise ValueError(f"{what}[{i}][{key!r}] is on {value.device} but {what}[0] is on "
+                                 f"{first[key].device}; move every model to one device first")
+    return list(state_dicts)
+
+
+def _check_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number (int or float), got {type(value).__name__} ({value!r})")
+    return float(value)
+
+
+def _is_weight(t: torch.Tensor) -> bool:
+    return t.is_floating_point()
+
+
+# ----- task vectors ----------------------------------------------------------------------------
+def task_vector(pretrained: StateDict, finetuned: StateDict) -> dict[str, torch.Tensor]:
+    """``tau = theta_ft - theta_0`` for every floating-point entry."""
+    check_state_dicts([pretrained, finetuned], "[pretrained, finetuned]")
+    return {k: finetuned[k] - pretrained[k] for k in pretrained if _is_weight(pretrained[k])}
+
+
+def add_task_vectors(pretrained: StateDict, vectors: Sequence[Mapping[str, torch.Tensor]], lam: float = 1.0
+                     ) -> dict[str, torch.Tensor]:
+    """``theta_0 + lam * sum_t tau_t``; entries without a task vector are copied from ``theta_0``."""
+    lam = _check_number(lam, "lam")
+    if len(vectors) == 0:
+        raise ValueError("no task vectors to add")
+    total = {k: torch.stack([v[k] for v in vectors]).sum(0) for k in vectors[0]}
+    return {k: (v + lam * total[k]).to(v.dtype) if k in total else v.clone() for k, v in pretrained.items()}
+
+
+# ----- the methods -----------------------------------------------------------------------------
+def weighted_average(state_dicts: Sequence[StateDict], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+    """``sum_t w_t theta_t / sum_t w_t`` (uniform by default): averaging, uniform soup, SWA, LAWA, FedAvg."""
+    state_dicts = check_state_dicts(state_dicts)
+    if weights is None:
+        weights = [1.0] * len(state_dicts)
+    if len(weights) != len(state_dicts):
+        raise ValueError(f"got {len(weights)} weights for {len(state_dicts)} state dicts")
+    w = torch.tensor([_check_number(x, "each weight") for x in weights], dtype=torch.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+    w = w / w.sum()
+    out = {}
+    for key, first in state_dicts[0].items():
+        if not _is_weight(first):
+            out[key] = first.clone()
+            continue
+        stacked = torch.stack([sd[key] for sd in state_dicts])
+        out[key] = (w.to(stacked).view(-1, *[1] * first.dim()) * stacked).sum(0)
+    return out
+
+
+def task_arithmetic(pretrained: StateDict, finetuned: Sequence[StateDict], lam: float = 0.3) -> dict[str, torch.Tensor]:
+    """Task arithmetic: ``theta_0 + lam * sum_t (theta_t - theta_0)``; ``lam < 0`` negates (forgets) tasks."""
+    check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
+    return add_task_vectors(pretrained, [task_vector(pretrained, sd) for sd in finetuned], lam)
+
+
+def trim(vector: Mapping[str, torch.Tensor], density: float, scope: str = "model") -> dict[str, torch.Tensor]:
+    """Keep the ``density`` fraction of entries with the largest magnitude, zero the rest.
+
+    ``scope="model"`` ranks all entries of the task vector together (the TIES paper and fusion-bench);
+    ``scope="tensor"`` ranks within each tensor (PEFT and mergekit).
+    """
+    density = _check_number(density, "density")
+    if not 0 < density <= 1:
+        raise ValueError(f"density (the fraction of entries kept) must lie in (0, 1], got {density}")
+    if scope not in ("model", "tensor"):
+        raise ValueError(f"scope must be 'model' or 'tensor', got {scope!r}")
+    if density == 1:
+        return dict(vector)
+    if scope == "tensor":
+        out = {}
+        for k, v in vector.items():
+            keep = int(density * v.numel())
+            mask = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
+            mask[v.abs().flatten().topk(keep).indices] = True
+            out[k] = v * mask.view_as(v)
+        return out
+    flat = torch.cat([v.abs().flatten() for v in vector.values()])
+    keep = max(1, int(density * flat.numel()))
+    threshold = flat.kthvalue(flat.numel() - keep + 1).values  # the keep-th largest magnitude
+    return {k: v * (v.abs() >= threshold) for k, v in vector.items()}
+
+
+def ties_merge(pretrained: StateDict, finetuned: Sequence[StateDict], density: float = 0.2, lam: float = 1.0,
+               scope: str = "model") -> dict[str, torch.Tensor]:
+    """TIES-merging: trim each task vector to its top ``density`` entries, elect a sign per parameter
+    (the sign of the summed trimmed vectors), average only the entries that agree with it, and add
+    ``lam`` times the result to ``theta_0``."""
+    check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
+    vectors = [trim(task_vector(pretrained, sd), density, scope) for sd in finetuned]
+    return add_task_vectors(pretrained, [ties_disjoint_mean(vectors)], lam)
+
+
+def ties_disjoint_mean(vectors: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """TIES's elect and disjoint-merge steps on (trimmed) task vectors."""
+    out = {}
+    for key in vectors[0]:
+        stacked = torch.stack([v[key] for v in vectors])  # (T, ...)
+        sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked)  # gamma = sgn(sum_t tau_t)
+        agree = (stacked != 0) & (stacked.sign() == sign)
+        out[key] = (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)  # mean over the agreeing tasks
+    return out
+
+
+def dare(vector: Mapping[str, torch.Tensor], p: float, seed: int | None = None, rescale: bool = True
+         ) -> dict[str, torch.Tensor]:
+    """DARE: drop each entry with probability ``p`` and rescale the survivors by ``1 / (1 - p)``,
+    so that the expectation of the result is the input."""
+    p = _check_number(p, "p")
+    if not 0 <= p < 1:
+        raise ValueError(f"p (the drop rate) must lie in [0, 1), got {p}")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = {}
+    for k, v in vector.items():
+        # masks are drawn on the CPU generator, so one seed gives the same mask on every device
+        keep = torch.bernoulli(torch.full(v.shape, 1 - p), generator=generator).to(v.device, torch.bool)
+        out[k] = v * keep / (1 - p) if rescale else v * keep
+    return out
+
+
+def dare_merge(pretrained: StateDict, finetuned: Sequence[StateDict], p: float = 0.9, lam: float = 0.3,
+               then: str = "task_arithmetic", density: float = 1.0, seed: int | None = 0) -> dict[str, torch.Tensor]:
+    """DARE on every task vector, then task arithmetic (``then="task_arithmetic"``) or TIES (``"ties"``)."""
+    check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
+    if then not in ("task_arithmetic", "ties"):
+        raise ValueError(f"then must be 'task_arithmetic' or 'ties', got {then!r}")
+    vectors = [dare(task_vector(pretrained, sd), p, None if seed is None else seed + i) for i, sd in enumerate(finetuned)]
+    if then == "ties":
+        vectors = [ties_disjoint_mean([trim(v, density) for v in vectors])]
+    return add_task_vectors(pretrained, vectors, lam)
+
+
+def fisher_merge(state_dicts: Sequence[StateDict], fishers: Sequence[Mapping[str, torch.Tensor]],
+                 eps: float = 1e-8) -> dict[str, torch.Tensor]:
+    """Fisher merging: ``theta = sum_t F_t * theta_t / sum_t F_t`` per parameter, with diagonal Fishers
+    ``F_t`` (see :func:`diagonal_fisher`); entries without a Fisher are averaged uniformly."""
+    state_dicts = check_state_dicts(state_dicts)
+    if len(fishers) != len(state_dicts):
+        raise ValueError(f"got {len(fishers)} Fishers for {len(state_dicts)} state dicts")
+    out = weighted_average(state_dicts)
+    for key in fishers[0]:
+        if key not in out:
+            raise ValueError(f"a Fisher has the key {key!r}, which the state dicts lack")
+        f = torch.stack([fi[key] for fi in fishers]) + eps
+        out[key] = (f * torch.stack([sd[key] for sd in state_dicts])).sum(0) / f.sum(0)
+    return out
+
+
+def diagonal_fisher(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """The diagonal of the model's Fisher information on ``inputs``, with labels from its own predictions:
+
+        F = E_x sum_y p(y|x) (d log p(y|x) / d theta)^2
+
+    computed exactly over the classes with per-example gradients (``torch.func``), in eval mode.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    model.eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    dev = next(iter(params.values())).device
+
+    def log_prob(p, x, y):
+        logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
+        return torch.log_softmax(logits, -1)[0].gather(0, y.view(1))[0]  # gather: indexing cannot be vmapped
+
+    per_example = vmap(grad(log_prob), in_dims=(None, 0, 0))
+    fisher = {k: torch.zeros_like(v) for k, v in params.items()}
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start:start + batch_size].to(dev)
+        with torch.no_grad():
+            probs = model(x).softmax(-1)  # (B, K)
+        for y in range(probs.shape[1]):  # the expectation over labels, one class at a time (K is small)
+            grads = per_example(params, x, torch.full((len(x),), y, device=dev))
+            w = probs[:, y]
+            for k, g in grads.items():
+                fisher[k] += (w.view(-1, *[1] * (g.dim() - 1)) * g.pow(2)).sum(0)
+    return {k: v / len(inputs) for k, v in fisher.items()}
+
+
+METHODS = {"average": "weighted_average", "task_arithmetic": "task_arithmetic", "ties": "ties_merge",
+           "dare": "dare_merge"}
+
+
+def merge(pretrained: StateDict | None, finetuned: Sequence[StateDict], method: str = "task_arithmetic", **hparams
+          ) -> dict[str, torch.Tensor]:
+    """One entry point: ``merge(theta_0, [theta_1, ...], method="ties", density=0.2)``.
+
+    ``method`` is one of ``"average"`` (ignores ``pretrained``), ``"task_arithmetic"``, ``"ties"``, ``"dare"``.
+    """
+    if method not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(str(method), METHODS, n=1)
+        raise ValueError(f"unknown merging method {method!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                         + f" Known: {sorted(METHODS)}")
+    fn = globals()[METHODS[method]]
+    if method == "average":
+        return fn(finetuned, **hparams)
+    if pretrained is None:
+        raise ValueError(f"method {method!r} needs the pretrained state dict (task vectors are relative to it)")
+    return fn(pretrained, finetuned, **hparams)

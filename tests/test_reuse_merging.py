@@ -1,0 +1,189 @@
+"""Chapter 11: weight merging on state dicts (defining properties, PEFT's formulas as peer, errors)."""
+import pytest
+import torch
+from torch import nn
+
+from lfm_ref.reuse import (dare, dare_merge, diagonal_fisher, fisher_merge, merge, task_arithmetic, task_vector,
+                           ties_merge, trim, weighted_average)
+from lfm_ref.zoo.models import TinyCNN
+
+
+def close(a, b, atol=1e-6):
+    return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=atol) for k in a)
+
+
+def perturbed(sd, scale=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+            for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    pre = TinyCNN(width=4).state_dict()  # has BatchNorm buffers, including the integer num_batches_tracked
+    return pre, [perturbed(pre, seed=s) for s in range(3)]
+
+
+# ----- defining properties ------------------------------------------------------------------------
+def test_averaging_copies_of_one_model_returns_it(models):
+    pre, _ = models
+    assert close(weighted_average([pre, pre, pre]), pre)
+    assert close(merge(None, [pre, pre], method="average"), pre)
+
+
+def test_weighted_average_is_fedavg(models):
+    _, (a, b, _) = models
+    merged = weighted_average([a, b], weights=[30, 10])  # client sizes 30 and 10
+    assert close(merged, {k: 0.75 * a[k] + 0.25 * b[k] if a[k].is_floating_point() else a[k] for k in a})
+    assert merged["features.0.1.num_batches_tracked"].dtype == torch.long
+
+
+def test_task_arithmetic_lambda_zero_is_pretrained_and_one_adds_the_vectors(models):
+    pre, fts = models
+    assert close(task_arithmetic(pre, fts, lam=0.0), pre)
+    one = task_arithmetic(pre, fts[:1], lam=1.0)
+    assert close(one, fts[0], atol=1e-6)
+    # negation: subtracting a task vector from its own fine-tuned model gives back the pretrained weights
+    tau = task_vector(pre, fts[0])
+    assert close({k: fts[0][k] - tau[k] if k in tau else fts[0][k] for k in pre}, pre)
+
+
+def test_task_arithmetic_with_lambda_one_over_t_is_averaging(models):
+    pre, fts = models
+    assert close(task_arithmetic(pre, fts, lam=1 / 3), weighted_average(fts), atol=1e-6)
+
+
+def test_ties_with_full_density_and_no_sign_conflict_is_task_arithmetic(models):
+    pre, _ = models
+    g = torch.Generator().manual_seed(1)
+    # every task moves every parameter in the same direction: no conflicts to resolve
+    direction = {k: torch.randn(v.shape, generator=g).sign() if v.is_floating_point() else None for k, v in pre.items()}
+    fts = [{k: v + (s + 1) * 0.01 * direction[k] * torch.rand(v.shape, generator=g) if v.is_floating_point() else v
+            for k, v in pre.items()} for s in range(3)]
+    # the disjoint mean of agreeing entries is their mean, so TIES(lam) = TA(lam / T)
+    assert close(ties_merge(pre, fts, density=1.0, lam=1.0), task_arithmetic(pre, fts, lam=1 / 3), atol=1e-6)
+
+
+def test_ties_drops_the_minority_sign():
+    pre = {"w": torch.zeros(1)}
+    fts = [{"w": torch.tensor([1.0])}, {"w": torch.tensor([2.0])}, {"w": torch.tensor([-0.5])}]
+    assert torch.allclose(ties_merge(pre, fts, density=1.0)["w"], torch.tensor([1.5]))  # mean of 1 and 2
+
+
+def test_trim_keeps_the_largest_entries():
+    v = {"a": torch.tensor([0.1, -3.0, 0.2, 4.0]), "b": torch.tensor([-5.0, 0.3])}
+    model = trim(v, density=0.5, scope="model")  # 3 of 6 entries over the whole vector
+    assert model["a"].tolist() == [0, -3.0, 0, 4.0] and model["b"].tolist() == [-5.0, 0]
+    tensor = trim(v, density=0.5, scope="tensor")  # half of each tensor
+    assert tensor["a"].tolist() == [0, 0, 0, 4.0] or tensor["a"].tolist() == [0, -3.0, 0, 4.0]
+    assert tensor["a"].count_nonzero() == 2 and tensor["b"].tolist() == [-5.0, 0]
+
+
+def test_dare_with_p_zero_is_the_identity_and_its_mean_is_the_input():
+    v = {"w": torch.randn(50, 40)}
+    assert torch.equal(dare(v, p=0.0, seed=0)["w"], v["w"])
+    draws = torch.stack([dare(v, p=0.7, seed=s)["w"] for s in range(400)])
+    dropped = (draws == 0).float().mean().item()
+    assert abs(dropped - 0.7) < 0.01
+    # E[DARE(v)] = v: the mean over 400 draws is within 4 standard errors everywhere
+    std_err = v["w"].abs() * (0.7 / 0.3) ** 0.5 / 400**0.5
+    assert ((draws.mean(0) - v["w"]).abs() <= 4 * std_err + 1e-6).float().mean() > 0.999
+    assert dare(v, p=0.7, seed=3)["w"].equal(dare(v, p=0.7, seed=3)["w"])
+
+
+def test_fisher_merging_with_equal_fishers_is_averaging(models):
+    _, fts = models
+    ones = [{k: torch.ones_like(v) for k, v in sd.items() if v.is_floating_point()} for sd in fts]
+    assert close(fisher_merge(fts, ones), weighted_average(fts), atol=1e-6)
+    # a model with a much larger Fisher dominates the merge
+    big = [{k: v * (1e6 if i == 0 else 1) for k, v in f.items()} for i, f in enumerate(ones)]
+    assert close(fisher_merge(fts, big), {k: v if v.is_floating_point() else v for k, v in fts[0].items()}, atol=1e-4)
+
+
+def test_diagonal_fisher_matches_the_per_example_definition():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.Tanh(), nn.Linear(5, 3))
+    x = torch.rand(7, 1, 8, 8)
+    fisher = diagonal_fisher(model, x, batch_size=3)
+    expected = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+    for xi in x:  # the definition, one example and one class at a time
+        probs = model(xi[None]).softmax(-1)[0].detach()
+        for y in range(3):
+            model.zero_grad()
+            torch.log_softmax(model(xi[None]), -1)[0, y].backward()
+            for k, p in model.named_parameters():
+                expected[k] += probs[y] * p.grad.pow(2) / len(x)
+    assert close(fisher, expected, atol=1e-6)
+
+
+# ----- peer: PEFT's merge utilities (per-tensor trimming, mean over agreeing models) -----------------
+def test_ties_and_dare_match_peft_merge_utils():
+    merge_utils = pytest.importorskip("peft.utils.merge_utils")
+    torch.manual_seed(0)
+    pre = {"w": torch.randn(20, 30), "b": torch.randn(30)}
+    fts = [{k: v + torch.randn_like(v) for k, v in pre.items()} for _ in range(3)]
+    ours = ties_merge(pre, fts, density=0.3, lam=1.0, scope="tensor")
+    for k in pre:
+        theirs = merge_utils.ties([sd[k] - pre[k] for sd in fts], torch.ones(3), density=0.3)
+        assert torch.allclose(ours[k], pre[k] + theirs, atol=1e-6), k
+    # task arithmetic
+    ta = task_arithmetic(pre, fts, lam=0.4)
+    for k in pre:
+        theirs = merge_utils.task_arithmetic([sd[k] - pre[k] for sd in fts], torch.full((3,), 0.4))
+        assert torch.allclose(ta[k], pre[k] + theirs, atol=1e-6), k
+    # DARE: the same Bernoulli draws from the same seed, rescaled by 1 / (1 - p)
+    tau = fts[0]["w"] - pre["w"]
+    torch.manual_seed(5)
+    theirs = merge_utils.random_pruning(tau, density=0.3, rescale=True)
+    assert torch.allclose(dare({"w": tau}, p=0.7, seed=5)["w"], theirs, atol=1e-6)
+
+
+def test_dare_merge_combines_with_task_arithmetic_and_ties(models):
+    pre, fts = models
+    assert close(dare_merge(pre, fts, p=0.0, lam=0.5), task_arithmetic(pre, fts, lam=0.5), atol=1e-6)
+    assert close(dare_merge(pre, fts, p=0.0, lam=1.0, then="ties"), ties_merge(pre, fts, density=1.0), atol=1e-6)
+
+
+# ----- errors ---------------------------------------------------------------------------------------
+def test_merging_bad_input(models):
+    pre, fts = models
+    with pytest.raises(ValueError, match="empty"):
+        task_arithmetic(pre, [])
+    with pytest.raises(ValueError, match="different keys"):
+        weighted_average([pre, {k: v for k, v in pre.items() if k != "head.bias"}])
+    wrong = dict(pre)
+    wrong["head.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="head.weight"):
+        task_arithmetic(pre, [wrong])
+    with pytest.raises(TypeError, match="lam must be a number"):
+        task_arithmetic(pre, fts, lam="0.3")
+    with pytest.raises(TypeError, match="lam must be a number"):
+        task_arithmetic(pre, fts, lam=[0.3])
+    with pytest.raises(TypeError, match="state dict"):
+        weighted_average([TinyCNN(width=4)])
+    with pytest.raises(TypeError, match="list of state dicts"):
+        weighted_average(pre)
+    with pytest.raises(ValueError, match="density"):
+        ties_merge(pre, fts, density=0.0)
+    with pytest.raises(ValueError, match="drop rate"):
+        dare({"w": torch.ones(2)}, p=1.0)
+    with pytest.raises(ValueError, match="unknown merging method 'tie'; did you mean 'ties'"):
+        merge(pre, fts, method="tie")
+    with pytest.raises(ValueError, match="needs the pretrained"):
+        merge(None, fts, method="ties")
+    with pytest.raises(ValueError, match="one device"):
+        weighted_average([fts[0], {k: v.to("meta") for k, v in fts[1].items()}])
+    with pytest.raises(ValueError, match="3 weights for 2"):
+        weighted_average(fts[:2], weights=[1, 2, 3])
+
+
+@pytest.mark.gpu
+def test_merging_on_cuda_and_mixed_devices(models):
+    pre, fts = models
+    gpu = [{k: v.cuda() for k, v in sd.items()} for sd in fts]
+    merged = ties_merge({k: v.cuda() for k, v in pre.items()}, gpu, density=0.2)
+    assert all(v.device.type == "cuda" for v in merged.values())
+    assert close({k: v.cpu() for k, v in merged.items()}, ties_merge(pre, fts, density=0.2), atol=1e-5)
+    with pytest.raises(ValueError, match="one device"):
+        weighted_average([fts[0], gpu[1]])
