@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from lfm_ref.reuse import (dare, dare_merge, diagonal_fisher, fisher_merge, merge, task_arithmetic, task_vector,
-                           ties_merge, trim, weighted_average)
+from lfm_ref.reuse import (adamerging, dare, dare_merge, diagonal_fisher, fisher_merge, gram_matrices, merge, regmean,
+                           task_arithmetic, task_vector, ties_merge, trim, weighted_average)
+from lfm_ref.zoo.models import TinyViT
 from lfm_ref.zoo.models import TinyCNN
 
 
@@ -117,6 +118,67 @@ def test_diagonal_fisher_matches_the_per_example_definition():
     assert close(fisher, expected, atol=1e-6)
 
 
+def test_regmean_solves_its_normal_equations():
+    """For one linear layer, RegMean (alpha=1) is the least-squares fit to every model's outputs."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(6, 4)) for _ in range(3)]
+    inputs = [torch.randn(50, 6) + i for i in range(3)]
+    merged = regmean(models, inputs, alpha=1.0)["0.weight"].double()
+    grams = [x.double().T @ x.double() for x in inputs]
+    lhs = merged @ sum(grams)
+    rhs = sum(m[0].weight.detach().double() @ g for m, g in zip(models, grams))
+    assert torch.allclose(lhs, rhs, atol=1e-8)
+    # the same W from stacking every model's inputs and outputs into one least-squares problem
+    x = torch.cat(inputs).double()
+    y = torch.cat([xi.double() @ m[0].weight.detach().double().T for m, xi in zip(models, inputs)])
+    assert torch.allclose(merged, torch.linalg.lstsq(x, y).solution.T, atol=1e-6)
+
+
+def test_regmean_with_equal_inputs_statistics_is_averaging_and_with_itself_is_identity():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(6, 4)) for _ in range(2)]
+    x = torch.randn(40, 6)
+    avg = weighted_average([m.state_dict() for m in models])
+    assert close(regmean(models, [x, x]), avg, atol=1e-5)
+    vit = TinyViT()
+    assert close(regmean([vit, vit], [torch.rand(32, 1, 8, 8)] * 2), vit.state_dict(), atol=1e-5)
+
+
+def test_regmean_handles_gpt2_conv1d():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=30, n_positions=8, n_embd=16, n_layer=1, n_head=2)
+    models = [GPT2LMHeadModel(config).eval() for _ in range(2)]
+    ids = [torch.randint(0, 30, (20, 8)) for _ in range(2)]
+    merged = regmean(models, ids, alpha=0.9)
+    name = "transformer.h.0.mlp.c_fc"  # Conv1D: y = x W with W of shape (in, out)
+    # this layer reads LayerNorm outputs, whose features sum to zero: X^T X is singular, and alpha < 1
+    # (the paper's regularisation) is what makes the system solvable
+    grams = [gram_matrices(m, x)[name] for m, x in zip(models, ids)]
+    grams = [0.9 * g + 0.1 * torch.diag(torch.diag(g)) for g in grams]
+    weights = [dict(m.named_modules())[name].weight.detach().double() for m in models]
+    lhs = sum(grams) @ merged[f"{name}.weight"].double()
+    assert torch.allclose(lhs, sum(g @ w for g, w in zip(grams, weights)), atol=1e-6)
+
+
+def test_adamerging_starts_at_task_arithmetic_and_lowers_entropy(models):
+    pre, fts = models
+    cnn = TinyCNN(width=4)
+    x = [torch.rand(40, 1, 8, 8) for _ in fts]
+    start, lam0 = adamerging(cnn, pre, fts, x, steps=0, init=0.3)
+    assert close(start, task_arithmetic(pre, fts, lam=0.3), atol=1e-6) and (lam0 == 0.3).all()
+
+    def entropy(sd):
+        cnn.load_state_dict(sd)
+        p = cnn.eval()(torch.cat(x)).softmax(-1)
+        return -(p * p.log()).sum(-1).mean().item()
+
+    learned, lam = adamerging(cnn, pre, fts, x, steps=60, lr=0.05, init=0.3)
+    assert lam.shape == (3, len(list(cnn.parameters())))
+    assert entropy(learned) < entropy(start)
+
+
 # ----- peer: PEFT's merge utilities (per-tensor trimming, mean over agreeing models) -----------------
 def test_ties_and_dare_match_peft_merge_utils():
     merge_utils = pytest.importorskip("peft.utils.merge_utils")
@@ -174,6 +236,10 @@ def test_merging_bad_input(models):
         merge(None, fts, method="ties")
     with pytest.raises(ValueError, match="one device"):
         weighted_average([fts[0], {k: v.to("meta") for k, v in fts[1].items()}])
+    with pytest.raises(ValueError, match="one per model"):
+        regmean([TinyCNN(width=4)], [])
+    with pytest.raises(ValueError, match="one per task"):
+        adamerging(TinyCNN(width=4), pre, fts, [torch.rand(4, 1, 8, 8)])
     with pytest.raises(ValueError, match="3 weights for 2"):
         weighted_average(fts[:2], weights=[1, 2, 3])
 

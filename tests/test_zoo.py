@@ -8,7 +8,8 @@ from lfm_ref.data import digits_task
 
 
 def test_names_and_info():
-    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-vit"]
+    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-vit", "tiny-vit-flip", "tiny-vit-invert", "tiny-vit-rot90",
+                           "tiny-vit-shift"]
     meta = zoo.info("tiny-gpt")
     assert meta["history"] and meta["metrics"]["train_recall"] >= 0.9
 
@@ -34,6 +35,21 @@ def test_digits_models_reach_95_percent(name):
     acc = evaluate(model, digits_task("digits", "test"))
     assert acc >= 0.95, f"{name} reaches only {acc:.1%}"
     assert acc == pytest.approx(zoo.info(name)["metrics"]["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("task", zoo.MERGE_TASKS)
+def test_finetuned_variants_solve_their_task_and_share_the_pretrained_architecture(task):
+    model = zoo.load(f"tiny-vit-{task}", device="cpu")
+    acc = evaluate(model, digits_task(task, "test"))
+    assert acc >= 0.9 and acc == pytest.approx(zoo.info(f"tiny-vit-{task}")["metrics"]["test_accuracy"], abs=1e-6)
+    pretrained = zoo.load("tiny-vit", device="cpu")
+    assert evaluate(pretrained, digits_task(task, "test")) < 0.5  # fine-tuning taught it something
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in pretrained.state_dict().items()}
+
+
+def test_rebuilt_finetuned_variant_reaches_stated_quality(tmp_path):
+    out = zoo.build("tiny-vit-invert", tmp_path)
+    assert json.loads((out / "meta.json").read_text())["metrics"]["test_accuracy"] >= 0.9
 
 
 def test_tiny_cnn_has_batchnorm_with_running_statistics():
@@ -73,7 +89,7 @@ def test_hf_gpt2_config_loads_through_zoo(tmp_path, tiny_gpt):
 
 
 def test_unknown_names_are_clear_errors():
-    with pytest.raises(ValueError, match=r"Did you mean 'tiny-gpt'\?.*\['tiny-cnn', 'tiny-gpt', 'tiny-vit'\]"):
+    with pytest.raises(ValueError, match=r"Did you mean 'tiny-gpt'\?.*\['tiny-cnn', 'tiny-gpt', 'tiny-vit', "):
         zoo.load("tiny-gtp")
     with pytest.raises(ValueError, match=r"not a zoo model \(known: \['tiny-cnn'"):
         zoo.load("no-such-org/no-such-model")

@@ -15,12 +15,17 @@ Arithmetic", ICLR; arXiv:2212.04089).
 - :func:`dare`: DARE (Yu et al., 2024, ICML; arXiv:2311.03099): drop each delta with probability ``p``
   and rescale the rest by ``1 / (1 - p)``; combine with task arithmetic or TIES.
 - :func:`fisher_merge`: Fisher-weighted averaging (Matena & Raffel, 2022, NeurIPS; arXiv:2111.09832).
+- :func:`regmean`: RegMean (Jin et al., 2023, ICLR; arXiv:2212.09849), the closed-form merge of every
+  linear layer that best reproduces all models' outputs on their own inputs.
+- :func:`adamerging`: AdaMerging (Yang et al., 2024, ICLR; arXiv:2310.02575), task-arithmetic
+  coefficients per task and per layer learned by minimising prediction entropy on unlabeled test inputs.
 
 Integer buffers (such as BatchNorm's ``num_batches_tracked``) are not weights: they are copied from the
 first model (or from ``theta_0``) unchanged.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Sequence
 
 import torch
@@ -227,11 +232,121 @@ def diagonal_fisher(model: torch.nn.Module, inputs: torch.Tensor, batch_size: in
         with torch.no_grad():
             probs = model(x).softmax(-1)  # (B, K)
         for y in range(probs.shape[1]):  # the expectation over labels, one class at a time (K is small)
-            grads = per_example(params, x, torch.full((len(x),), y, device=dev))
+            with warnings.catch_warnings():  # torch warns that vmap runs attention unbatched: slower, still exact
+                warnings.filterwarnings("ignore", message=".*performance drop.*")
+                grads = per_example(params, x, torch.full((len(x),), y, device=dev))
             w = probs[:, y]
             for k, g in grads.items():
                 fisher[k] += (w.view(-1, *[1] * (g.dim() - 1)) * g.pow(2)).sum(0)
     return {k: v / len(inputs) for k, v in fisher.items()}
+
+
+def _linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """``nn.Linear`` layers and GPT-2's ``Conv1D`` (which stores its weight transposed: ``in x out``)."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
+
+
+@torch.no_grad()
+def gram_matrices(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """``G = X^T X`` of the inputs ``X`` (rows: every position of every example) of each linear layer."""
+    layers = _linear_layers(model)
+    grams: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            grams[name] = grams.get(name, 0) + x.T @ x
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    dev = next(model.parameters()).device
+    try:
+        model.eval()
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start:start + batch_size].to(dev))
+    finally:
+        for h in handles:
+            h.remove()
+    return grams
+
+
+def regmean(models: Sequence[torch.nn.Module], inputs: Sequence[torch.Tensor], alpha: float = 0.9
+            ) -> dict[str, torch.Tensor]:
+    """RegMean: for every linear layer ``y = x W^T``, the ``W`` that minimises ``sum_i ||X_i W^T - X_i W_i^T||^2``,
+
+        W* = (sum_i W_i G_i) (sum_i G_i)^-1,    G_i = X_i^T X_i  (off-diagonals scaled by ``alpha``),
+
+    where ``X_i`` are the layer's inputs in model ``i`` on model ``i``'s own (unlabeled) ``inputs[i]``.
+    ``alpha < 1`` also keeps the system solvable where ``X^T X`` is singular (inputs that come out of a
+    LayerNorm sum to zero over features, for instance).
+    Every other parameter (biases, norms, embeddings) is averaged.
+    """
+    if len(models) != len(inputs):
+        raise ValueError(f"got {len(models)} models but {len(inputs)} input sets (one per model)")
+    alpha = _check_number(alpha, "alpha")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    out = weighted_average([m.state_dict() for m in models])
+    grams = [gram_matrices(m, x) for m, x in zip(models, inputs)]
+    for name, layer in _linear_layers(models[0]).items():
+        transposed = type(layer).__name__ == "Conv1D"  # Conv1D computes x W with W of shape (in, out)
+        weighted, total = 0, 0
+        for model, g in zip(models, grams):
+            g = g[name]
+            g = alpha * g + (1 - alpha) * torch.diag(torch.diag(g))  # shrink off-diagonals towards 0
+            w = _linear_layers(model)[name].weight.detach().double()
+            weighted = weighted + (g @ w if transposed else w @ g)
+            total = total + g
+        merged = torch.linalg.solve(total, weighted) if transposed else torch.linalg.solve(total, weighted.T).T
+        out[f"{name}.weight"] = merged.to(layer.weight.dtype)
+    return out
+
+
+def adamerging(model: torch.nn.Module, pretrained: StateDict, finetuned: Sequence[StateDict],
+               unlabeled: Sequence[torch.Tensor], steps: int = 500, lr: float = 1e-3, init: float = 0.3,
+               batch_size: int = 16, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Layer-wise AdaMerging: ``theta_l = theta_0,l + sum_t lam_{t,l} tau_{t,l}``, one coefficient per task and
+    per parameter tensor in [0, 1], learned by minimising the mean prediction entropy on unlabeled inputs of every task:
+
+        min_lam  sum_t E_{x in task t} H( softmax f(x; theta(lam)) )
+
+    ``model`` is any instance of the architecture (its weights are not used). Returns the merged state dict
+    and the coefficients ``lam`` of shape ``(tasks, parameter tensors)``; buffers (BatchNorm statistics) are
+    merged by task arithmetic with ``init``.
+    """
+    from torch.func import functional_call
+
+    check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
+    if len(unlabeled) != len(finetuned):
+        raise ValueError(f"got {len(unlabeled)} unlabeled input sets for {len(finetuned)} tasks (one per task)")
+    vectors = [task_vector(pretrained, sd) for sd in finetuned]
+    learned = dict(model.named_parameters())
+    keys = [k for k in vectors[0] if k in learned]  # buffers (BatchNorm statistics) keep lam = init
+    stacked = {k: torch.stack([v[k] for v in vectors]) for k in vectors[0]}  # (T, ...)
+    dev = stacked[keys[0]].device
+    lam = torch.full((len(finetuned), len(keys)), float(init), device=dev, requires_grad=True)
+    optimizer = torch.optim.Adam([lam], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    fixed = add_task_vectors(pretrained, [{k: v for k, v in tv.items() if k not in learned} for tv in vectors], init)
+
+    def merged(coeffs):
+        return {k: pretrained[k] + (coeffs[:, i].view(-1, *[1] * (stacked[k].dim() - 1)) * stacked[k]).sum(0)
+                for i, k in enumerate(keys)}
+
+    for _ in range(steps):
+        params = merged(lam.clamp(0.0, 1.0))  # the paper's code clamps every coefficient to [0, 1]
+        loss = 0
+        for x in unlabeled:
+            idx = torch.randint(len(x), (batch_size,), generator=generator)
+            probs = functional_call(model, {**fixed, **params}, (x[idx].to(dev),)).softmax(-1)
+            loss = loss + -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()  # H(p), averaged over x
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return {**fixed, **merged(lam.clamp(0.0, 1.0))}, lam.detach().clamp(0.0, 1.0)
 
 
 METHODS = {"average": "weighted_average", "task_arithmetic": "task_arithmetic", "ties": "ties_merge",

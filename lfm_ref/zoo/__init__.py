@@ -74,6 +74,23 @@ def _build_digits(cls, seed: int = 0, epochs: int = 40, lr: float = 3e-3, weight
     return model, history, metrics
 
 
+def _finetune_digits(base: str, task: str, steps: int = 300, lr: float = 1e-3, seed: int = 0):
+    """Full fine-tuning of zoo model ``base`` on one digits task: a member of the merging chapters' zoo."""
+    from ..data import digits_task
+    from ..train import evaluate, fit
+
+    seed_everything(seed)
+    model = load(base, device="cpu")
+    history = fit(model, digits_task(task, "train"), steps=steps, batch_size=64, lr=lr, device="cpu", seed=seed)
+    metrics = {"test_accuracy": evaluate(model, digits_task(task, "test")),
+               "digits_test_accuracy": evaluate(model, digits_task("digits", "test"))}
+    return model, history, metrics
+
+
+# The tasks of Part III's merging chapters: each a fixed transform of the digits that the pretrained
+# model gets mostly wrong, so that every fine-tuned model carries a task vector worth merging.
+MERGE_TASKS = ("rot90", "flip", "invert", "shift")
+
 ZOO = {
     "tiny-gpt": {"kind": "causal-lm", "build": _build_tiny_gpt,
                  "about": "GPT-2 (4 layers, width 128) pretrained on the fact world; returns (model, tokenizer)"},
@@ -85,6 +102,11 @@ ZOO = {
                  "build": lambda: _build_digits(TinyViT, epochs=100, lr=1e-3, weight_decay=0.05, warmup=100),
                  "about": "Vision Transformer (2x2 patches) trained on 8x8 digits"},
 }
+
+
+for _task in MERGE_TASKS:
+    ZOO[f"tiny-vit-{_task}"] = {"kind": "vision", "cls": TinyViT, "build": lambda task=_task: _finetune_digits("tiny-vit", task),
+                                "about": f"tiny-vit fine-tuned on the {_task} digits task (300 steps; for merging)"}
 
 
 def names() -> list[str]:
