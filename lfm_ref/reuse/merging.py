@@ -109,37 +109,81 @@ def weighted_average(state_dicts: Sequence[StateDict], weights: Sequence[float] 
     return out
 
 
+def _task_vectors_by_key(pretrained: StateDict, finetuned: Sequence[StateDict]):
+    """``(key, theta_0[key], tau)`` for every weight, with ``tau`` the ``(T, ...)`` stack of the task vectors'
+    entries for that key: one key at a time, so a merge never holds all T task vectors in memory."""
+    for key, value in pretrained.items():
+        if _is_weight(value):
+            yield key, value, torch.stack([sd[key] for sd in finetuned]).sub_(value)
+
+
+def _merge_by_key(pretrained: StateDict, finetuned: Sequence[StateDict], merge_key) -> dict[str, torch.Tensor]:
+    """``theta_0`` with every weight replaced by ``merge_key(key, theta_0[key], tau)``; buffers copied."""
+    merged = {key: merge_key(key, value, tau) for key, value, tau in _task_vectors_by_key(pretrained, finetuned)}
+    return {key: merged[key] if key in merged else value.clone() for key, value in pretrained.items()}
+
+
 def task_arithmetic(pretrained: StateDict, finetuned: Sequence[StateDict], lam: float = 0.3) -> dict[str, torch.Tensor]:
     """Task arithmetic: ``theta_0 + lam * sum_t (theta_t - theta_0)``; ``lam < 0`` negates (forgets) tasks."""
     check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
-    return add_task_vectors(pretrained, [task_vector(pretrained, sd) for sd in finetuned], lam)
+    lam = _check_number(lam, "lam")
+    return _merge_by_key(pretrained, finetuned, lambda key, theta0, tau: theta0 + lam * tau.sum(0))
 
 
-def trim(vector: Mapping[str, torch.Tensor], density: float, scope: str = "model") -> dict[str, torch.Tensor]:
-    """Keep the ``density`` fraction of entries with the largest magnitude, zero the rest.
-
-    ``scope="model"`` ranks all entries of the task vector together (the TIES paper and fusion-bench);
-    ``scope="tensor"`` ranks within each tensor (PEFT and mergekit).
-    """
+def _check_density(density: float, scope: str) -> float:
     density = _check_number(density, "density")
     if not 0 < density <= 1:
         raise ValueError(f"density (the fraction of entries kept) must lie in (0, 1], got {density}")
     if scope not in ("model", "tensor"):
         raise ValueError(f"scope must be 'model' or 'tensor', got {scope!r}")
+    return density
+
+
+def _top_rows(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """Zero all but the ``density`` largest-magnitude entries of each row (task) of ``tau``."""
+    flat = tau.reshape(len(tau), -1)
+    keep = int(density * flat.shape[1])
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.abs().topk(keep, dim=1).indices, True)
+    return tau * mask.view_as(tau)
+
+
+def _magnitude_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict], density: float) -> torch.Tensor:
+    """For each task vector, the magnitude of its ``density``-th largest entry over the whole model."""
+    thresholds = []
+    for sd in finetuned:
+        flat = torch.cat([(sd[k] - v).abs().flatten() for k, v in pretrained.items() if _is_weight(v)])
+        keep = max(1, int(density * flat.numel()))
+        thresholds.append(flat.kthvalue(flat.numel() - keep + 1).values)  # the keep-th largest magnitude
+    return torch.stack(thresholds)
+
+
+def trim(vector: Mapping[str, torch.Tensor], density: float, scope: str = "model") -> dict[str, torch.Tensor]:
+    """Keep the ``density`` fraction of entries of one task vector with the largest magnitude, zero the rest.
+
+    ``scope="model"`` ranks all entries of the task vector together (the TIES paper and fusion-bench);
+    ``scope="tensor"`` ranks within each tensor (PEFT and mergekit).
+    """
+    density = _check_density(density, scope)
     if density == 1:
         return dict(vector)
     if scope == "tensor":
-        out = {}
-        for k, v in vector.items():
-            keep = int(density * v.numel())
-            mask = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
-            mask[v.abs().flatten().topk(keep).indices] = True
-            out[k] = v * mask.view_as(v)
-        return out
+        return {k: _top_rows(v[None], density)[0] for k, v in vector.items()}
     flat = torch.cat([v.abs().flatten() for v in vector.values()])
     keep = max(1, int(density * flat.numel()))
-    threshold = flat.kthvalue(flat.numel() - keep + 1).values  # the keep-th largest magnitude
+    threshold = flat.kthvalue(flat.numel() - keep + 1).values
     return {k: v * (v.abs() >= threshold) for k, v in vector.items()}
+
+
+def _disjoint_mean(tau: torch.Tensor) -> torch.Tensor:
+    """TIES's elect and disjoint-merge steps on the ``(T, ...)`` stack of (trimmed) task-vector entries."""
+    sign = torch.where(tau.sum(0) >= 0, 1.0, -1.0).to(tau)  # gamma = sgn(sum_t tau_t)
+    agree = (tau != 0) & (tau.sign() == sign)
+    return (tau * agree).sum(0) / agree.sum(0).clamp(min=1)  # mean over the tasks that agree with gamma
+
+
+def ties_disjoint_mean(vectors: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """TIES's elect and disjoint-merge steps on (trimmed) task vectors."""
+    return {key: _disjoint_mean(torch.stack([v[key] for v in vectors])) for key in vectors[0]}
 
 
 def ties_merge(pretrained: StateDict, finetuned: Sequence[StateDict], density: float = 0.2, lam: float = 1.0,
@@ -148,47 +192,61 @@ def ties_merge(pretrained: StateDict, finetuned: Sequence[StateDict], density: f
     (the sign of the summed trimmed vectors), average only the entries that agree with it, and add
     ``lam`` times the result to ``theta_0``."""
     check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
-    vectors = [trim(task_vector(pretrained, sd), density, scope) for sd in finetuned]
-    return add_task_vectors(pretrained, [ties_disjoint_mean(vectors)], lam)
+    density, lam = _check_density(density, scope), _check_number(lam, "lam")
+    if density < 1 and scope == "model":
+        thresholds = _magnitude_thresholds(pretrained, finetuned, density)
+
+    def merge_key(key, theta0, tau):
+        if density < 1:
+            if scope == "tensor":
+                tau = _top_rows(tau, density)
+            else:
+                tau = tau * (tau.abs() >= thresholds.to(tau).view(-1, *[1] * (tau.dim() - 1)))
+        return theta0 + lam * _disjoint_mean(tau)
+
+    return _merge_by_key(pretrained, finetuned, merge_key)
 
 
-def ties_disjoint_mean(vectors: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """TIES's elect and disjoint-merge steps on (trimmed) task vectors."""
-    out = {}
-    for key in vectors[0]:
-        stacked = torch.stack([v[key] for v in vectors])  # (T, ...)
-        sign = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked)  # gamma = sgn(sum_t tau_t)
-        agree = (stacked != 0) & (stacked.sign() == sign)
-        out[key] = (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)  # mean over the agreeing tasks
-    return out
+def _check_drop_rate(p: float) -> float:
+    p = _check_number(p, "p")
+    if not 0 <= p < 1:
+        raise ValueError(f"p (the drop rate) must lie in [0, 1), got {p}")
+    return p
+
+
+def _drop_and_rescale(tau: torch.Tensor, p: float, generator: torch.Generator | None, rescale: bool = True):
+    # masks are drawn on the CPU generator, so one seed gives the same mask on every device
+    keep = torch.bernoulli(torch.full(tau.shape, 1 - p), generator=generator).to(tau.device, tau.dtype)
+    tau = tau * keep
+    return tau.div_(1 - p) if rescale else tau  # m ~ Bernoulli(1 - p);  tau * m / (1 - p)
 
 
 def dare(vector: Mapping[str, torch.Tensor], p: float, seed: int | None = None, rescale: bool = True
          ) -> dict[str, torch.Tensor]:
     """DARE: drop each entry with probability ``p`` and rescale the survivors by ``1 / (1 - p)``,
     so that the expectation of the result is the input."""
-    p = _check_number(p, "p")
-    if not 0 <= p < 1:
-        raise ValueError(f"p (the drop rate) must lie in [0, 1), got {p}")
+    p = _check_drop_rate(p)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    out = {}
-    for k, v in vector.items():
-        # masks are drawn on the CPU generator, so one seed gives the same mask on every device
-        keep = torch.bernoulli(torch.full(v.shape, 1 - p), generator=generator).to(v.device, torch.bool)
-        out[k] = v * keep / (1 - p) if rescale else v * keep
-    return out
+    return {k: _drop_and_rescale(v, p, generator, rescale) for k, v in vector.items()}
 
 
 def dare_merge(pretrained: StateDict, finetuned: Sequence[StateDict], p: float = 0.9, lam: float = 0.3,
                then: str = "task_arithmetic", density: float = 1.0, seed: int | None = 0) -> dict[str, torch.Tensor]:
-    """DARE on every task vector, then task arithmetic (``then="task_arithmetic"``) or TIES (``"ties"``)."""
+    """DARE on every task vector, then task arithmetic (``then="task_arithmetic"``) or TIES (``"ties"``,
+    trimming each tensor to ``density``)."""
     check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
     if then not in ("task_arithmetic", "ties"):
         raise ValueError(f"then must be 'task_arithmetic' or 'ties', got {then!r}")
-    vectors = [dare(task_vector(pretrained, sd), p, None if seed is None else seed + i) for i, sd in enumerate(finetuned)]
-    if then == "ties":
-        vectors = [ties_disjoint_mean([trim(v, density) for v in vectors])]
-    return add_task_vectors(pretrained, vectors, lam)
+    p, lam, density = _check_drop_rate(p), _check_number(lam, "lam"), _check_density(density, "tensor")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def merge_key(key, theta0, tau):
+        tau = _drop_and_rescale(tau, p, generator)
+        if then == "task_arithmetic":
+            return theta0 + lam * tau.sum(0)
+        return theta0 + lam * _disjoint_mean(_top_rows(tau, density) if density < 1 else tau)
+
+    return _merge_by_key(pretrained, finetuned, merge_key)
 
 
 def fisher_merge(state_dicts: Sequence[StateDict], fishers: Sequence[Mapping[str, torch.Tensor]],
