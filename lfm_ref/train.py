@@ -131,6 +131,8 @@ def fit(
     device: torch.device | str | None = None,
     seed: int | None = None,
     progress: bool | None = None,
+    callback: Callable[[int, torch.nn.Module], None] | None = None,
+    every: int = 0,
 ) -> list[float]:
     """Train ``model`` with AdamW and return the loss of every step.
 
@@ -138,7 +140,8 @@ def fit(
     ``.loss`` on dict batches. ``params`` restricts training to some parameters (all trainable ones by
     default). ``steps`` overrides ``epochs`` with a step count; ``clip_grad`` clips the gradient norm.
     The schedule is ``"cosine"`` (decay to 0) or ``"constant"``, after ``warmup`` linear warm-up steps.
-    The model is left in eval mode.
+    ``callback(step, model)`` runs after every ``every``-th step (to record checkpoints or a learning
+    curve); the model is put back in train mode after it. The model is left in eval mode.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -146,6 +149,8 @@ def fit(
         raise ValueError(f"steps must be a positive int or None, got {steps!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not isinstance(every, int) or every < 0 or (callback is not None and every == 0):
+        raise ValueError(f"every must be a positive int when a callback is given, got {every!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     dev = torch.device(device) if device is not None else default_device()
@@ -186,6 +191,9 @@ def fit(
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if callback is not None and every and len(losses) % every == 0:
+                callback(len(losses), model)
+                model.train()
             if len(losses) >= total:
                 break
     bar.close()

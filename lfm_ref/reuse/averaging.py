@@ -1,0 +1,68 @@
+"""Averaging weights across runs and along a run: model soups, SWA, LAWA and FedAvg.
+
+All four are :func:`lfm_ref.reuse.merging.weighted_average` applied to a chosen set of state dicts:
+
+- **model soups** (Wortsman et al., 2022, ICML; arXiv:2203.05482): fine-tuned runs of one pretrained
+  model with different hyper-parameters. The uniform soup averages all; the **greedy soup** adds
+  ingredients in order of their held-out score and keeps one only if the soup's score does not drop.
+- **SWA** (Izmailov et al., 2018, UAI; arXiv:1803.05407): the checkpoints of one run taken at a high,
+  constant learning rate, averaged (``fit(..., callback=...)`` records them).
+- **LAWA** (Kaddour, 2022, arXiv:2209.14981): the average of the latest ``k`` checkpoints, during training.
+- **FedAvg** (McMahan et al., 2017, AISTATS; arXiv:1602.05629): each round, every client trains the
+  global model on its own data and the server averages the clients' weights, weighted by data size:
+  ``theta <- sum_k n_k theta_k / sum_k n_k``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..train import fit
+from .merging import StateDict, check_state_dicts, weighted_average
+
+
+def greedy_soup(state_dicts: Sequence[StateDict], score: Callable[[StateDict], float]
+                ) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Wortsman et al.'s greedy soup; ``score(state_dict)`` is a held-out metric, higher is better.
+
+    Returns the soup and the indices of the ingredients it kept, in the order they were added.
+    """
+    state_dicts = check_state_dicts(state_dicts)
+    scores = [score(sd) for sd in state_dicts]
+    order = sorted(range(len(state_dicts)), key=lambda i: -scores[i])
+    kept, best = [order[0]], scores[order[0]]
+    for i in order[1:]:
+        candidate = score(weighted_average([state_dicts[j] for j in kept + [i]]))
+        if candidate >= best:  # the paper keeps an ingredient when held-out accuracy does not drop
+            kept, best = kept + [i], candidate
+    return weighted_average([state_dicts[j] for j in kept]), kept
+
+
+def fedavg(model: nn.Module, clients: Sequence, rounds: int, local_steps: int, callback=None,
+           **fit_kwargs) -> nn.Module:
+    """Federated averaging of ``model`` over ``clients`` (one dataset each; see :func:`lfm_ref.fit`).
+
+    Every round, each client starts from the global weights and takes ``local_steps`` steps of
+    :func:`lfm_ref.fit` (``fit_kwargs``: ``lr``, ``batch_size``, ``device``, ...) on its own data; the
+    new global weights are the clients' average weighted by their number of examples. ``callback(round,
+    model)`` runs after every round. Returns ``model`` holding the global weights.
+    """
+    if len(clients) == 0:
+        raise ValueError("clients is empty: FedAvg needs at least one client dataset")
+    if not isinstance(rounds, int) or rounds < 1 or not isinstance(local_steps, int) or local_steps < 1:
+        raise ValueError(f"rounds and local_steps must be positive ints, got {rounds!r} and {local_steps!r}")
+    sizes = [len(data[0]) if isinstance(data, tuple) else len(data) for data in clients]
+    seed = fit_kwargs.pop("seed", 0)
+    for r in range(rounds):
+        local_weights = []
+        for k, data in enumerate(clients):
+            local = copy.deepcopy(model)
+            fit(local, data, steps=local_steps, seed=seed + r * len(clients) + k, **fit_kwargs)
+            local_weights.append(local.state_dict())
+        model.load_state_dict(weighted_average(local_weights, weights=sizes))  # sum_k n_k theta_k / n
+        if callback is not None:
+            callback(r + 1, model)
+    return model
