@@ -20,16 +20,21 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def encode(tokenizer, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` for ``texts`` (the tokenizer adds its specials)."""
+def encode(tokenizer, texts: Sequence[str], left: bool = False) -> dict[str, torch.Tensor]:
+    """Padded ``input_ids`` and ``attention_mask`` for ``texts`` (the tokenizer adds its specials).
+
+    Right padding by default; ``left=True`` pads on the left, so that generation continues every row
+    from the same column.
+    """
     texts = _check_texts(texts)
     ids = [tokenizer(t)["input_ids"] for t in texts]
     width = max(map(len, ids))
     input_ids = torch.full((len(ids), width), _pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[i, cols] = torch.tensor(row)
+        mask[i, cols] = 1
     return {"input_ids": input_ids, "attention_mask": mask}
 
 

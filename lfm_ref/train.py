@@ -191,7 +191,7 @@ def fit(
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if callback is not None and every and len(losses) % every == 0:
+            if callback is not None and len(losses) % every == 0:
                 callback(len(losses), model)
                 model.train()
             if len(losses) >= total:

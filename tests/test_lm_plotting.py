@@ -13,6 +13,10 @@ def test_encode_right_pads_and_masks(world):
     assert batch["input_ids"].shape == batch["attention_mask"].shape
     assert batch["attention_mask"][0].tolist()[:2] == [1, 1] and batch["attention_mask"][0, -1] == 0
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tok.pad_token_id).all()
+    left = lm.encode(tok, ["Hello", world.corpus()[0]], left=True)  # for generation: rows end together
+    assert left["attention_mask"][0, -1] == 1 and left["attention_mask"][0, 0] == 0
+    assert torch.equal(left["input_ids"][1], batch["input_ids"][1])  # the longest row needs no padding
+    assert left["input_ids"][0, -2:].tolist() == batch["input_ids"][0, :2].tolist()
 
 
 def test_lm_dataset_masks_padding_out_of_the_loss(world):

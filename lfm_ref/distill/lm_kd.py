@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..lm import _check_texts
+from ..lm import _check_texts, encode
 from ..train import DictDataset
 from ..utils import seed_everything
 from .kd import kd_loss
@@ -119,7 +119,6 @@ def teacher_corpus(teacher: nn.Module, tokenizer, n: int | None = None, prompts:
     dev = next(teacher.parameters()).device
     context = teacher.config.n_positions if hasattr(teacher.config, "n_positions") else teacher.config.max_position_embeddings
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0} if temperature > 0 \
         else {"do_sample": False}
     total = n if prompts is None else len(prompts)
@@ -128,11 +127,9 @@ def teacher_corpus(teacher: nn.Module, tokenizer, n: int | None = None, prompts:
         if prompts is None:
             ids = torch.full((min(batch_size, total - start), 1), bos, dtype=torch.long)
             mask = torch.ones_like(ids)
-        else:  # left padding, so that every row's continuation starts at the same column
-            rows = [tokenizer(p)["input_ids"] for p in prompts[start:start + batch_size]]
-            width = max(map(len, rows))
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        else:
+            batch = encode(tokenizer, prompts[start:start + batch_size], left=True)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
         if ids.shape[1] >= context:
             raise ValueError(f"a prompt has {ids.shape[1]} tokens, which fills the teacher's context of {context}")
         new = min(max_new_tokens or context, context - ids.shape[1])

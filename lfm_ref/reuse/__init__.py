@@ -1,7 +1,9 @@
 """Part III, model reuse: combining trained models (ensembles, weight merging, mode connectivity, experts)."""
 from .averaging import fedavg, greedy_soup
-from .merging import (adamerging, add_task_vectors, check_state_dicts, dare, dare_merge, diagonal_fisher, fisher_merge, gram_matrices, merge, regmean,
-                      task_arithmetic, task_vector, ties_disjoint_mean, ties_merge, trim, weighted_average)
+from .merging import (adamerging, add_task_vectors, check_state_dicts, dare, dare_merge, diagonal_fisher,
+                      fisher_merge, gram_matrices, merge, regmean, task_arithmetic, task_vector, ties_disjoint_mean,
+                      ties_merge, trim, weighted_average)
 
-__all__ = ["fedavg", "greedy_soup", "adamerging", "add_task_vectors", "gram_matrices", "regmean", "check_state_dicts", "dare", "dare_merge", "diagonal_fisher", "fisher_merge", "merge",
-           "task_arithmetic", "task_vector", "ties_disjoint_mean", "ties_merge", "trim", "weighted_average"]
+__all__ = ["fedavg", "greedy_soup", "adamerging", "add_task_vectors", "check_state_dicts", "dare", "dare_merge",
+           "diagonal_fisher", "fisher_merge", "gram_matrices", "merge", "regmean", "task_arithmetic", "task_vector",
+           "ties_disjoint_mean", "ties_merge", "trim", "weighted_average"]

@@ -70,6 +70,17 @@ def _is_weight(t: torch.Tensor) -> bool:
     return t.is_floating_point()
 
 
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values`` of shape ``(T,)`` reshaped to broadcast over the ``(T, ...)`` stack ``like``."""
+    return values.to(like).view(-1, *[1] * (like.dim() - 1))
+
+
+def _kth_largest(flat: torch.Tensor, density: float) -> torch.Tensor:
+    """The magnitude below which ``flat`` loses all but its ``density`` fraction of largest entries."""
+    keep = max(1, int(density * flat.numel()))
+    return flat.kthvalue(flat.numel() - keep + 1).values  # the keep-th largest value
+
+
 # ----- task vectors ----------------------------------------------------------------------------
 def task_vector(pretrained: StateDict, finetuned: StateDict) -> dict[str, torch.Tensor]:
     """``tau = theta_ft - theta_0`` for every floating-point entry."""
@@ -105,7 +116,7 @@ def weighted_average(state_dicts: Sequence[StateDict], weights: Sequence[float] 
             out[key] = first.clone()
             continue
         stacked = torch.stack([sd[key] for sd in state_dicts])
-        out[key] = (w.to(stacked).view(-1, *[1] * first.dim()) * stacked).sum(0)
+        out[key] = (_per_row(w, stacked) * stacked).sum(0)
     return out
 
 
@@ -151,9 +162,8 @@ def _magnitude_thresholds(pretrained: StateDict, finetuned: Sequence[StateDict],
     """For each task vector, the magnitude of its ``density``-th largest entry over the whole model."""
     thresholds = []
     for sd in finetuned:
-        flat = torch.cat([(sd[k] - v).abs().flatten() for k, v in pretrained.items() if _is_weight(v)])
-        keep = max(1, int(density * flat.numel()))
-        thresholds.append(flat.kthvalue(flat.numel() - keep + 1).values)  # the keep-th largest magnitude
+        thresholds.append(_kth_largest(torch.cat([(sd[k] - v).abs().flatten() for k, v in pretrained.items()
+                                                  if _is_weight(v)]), density))
     return torch.stack(thresholds)
 
 
@@ -168,9 +178,7 @@ def trim(vector: Mapping[str, torch.Tensor], density: float, scope: str = "model
         return dict(vector)
     if scope == "tensor":
         return {k: _top_rows(v[None], density)[0] for k, v in vector.items()}
-    flat = torch.cat([v.abs().flatten() for v in vector.values()])
-    keep = max(1, int(density * flat.numel()))
-    threshold = flat.kthvalue(flat.numel() - keep + 1).values
+    threshold = _kth_largest(torch.cat([v.abs().flatten() for v in vector.values()]), density)
     return {k: v * (v.abs() >= threshold) for k, v in vector.items()}
 
 
@@ -201,7 +209,7 @@ def ties_merge(pretrained: StateDict, finetuned: Sequence[StateDict], density: f
             if scope == "tensor":
                 tau = _top_rows(tau, density)
             else:
-                tau = tau * (tau.abs() >= thresholds.to(tau).view(-1, *[1] * (tau.dim() - 1)))
+                tau = tau * (tau.abs() >= _per_row(thresholds, tau))
         return theta0 + lam * _disjoint_mean(tau)
 
     return _merge_by_key(pretrained, finetuned, merge_key)
@@ -293,9 +301,8 @@ def diagonal_fisher(model: torch.nn.Module, inputs: torch.Tensor, batch_size: in
             with warnings.catch_warnings():  # torch warns that vmap runs attention unbatched: slower, still exact
                 warnings.filterwarnings("ignore", message=".*performance drop.*")
                 grads = per_example(params, x, torch.full((len(x),), y, device=dev))
-            w = probs[:, y]
             for k, g in grads.items():
-                fisher[k] += (w.view(-1, *[1] * (g.dim() - 1)) * g.pow(2)).sum(0)
+                fisher[k] += (_per_row(probs[:, y], g) * g.pow(2)).sum(0)
     return {k: v / len(inputs) for k, v in fisher.items()}
 
 
@@ -347,13 +354,14 @@ def regmean(models: Sequence[torch.nn.Module], inputs: Sequence[torch.Tensor], a
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     out = weighted_average([m.state_dict() for m in models])
     grams = [gram_matrices(m, x) for m, x in zip(models, inputs)]
-    for name, layer in _linear_layers(models[0]).items():
+    layers = [_linear_layers(m) for m in models]
+    for name, layer in layers[0].items():
         transposed = type(layer).__name__ == "Conv1D"  # Conv1D computes x W with W of shape (in, out)
         weighted, total = 0, 0
-        for model, g in zip(models, grams):
+        for model_layers, g in zip(layers, grams):
             g = g[name]
             g = alpha * g + (1 - alpha) * torch.diag(torch.diag(g))  # shrink off-diagonals towards 0
-            w = _linear_layers(model)[name].weight.detach().double()
+            w = model_layers[name].weight.detach().double()
             weighted = weighted + (g @ w if transposed else w @ g)
             total = total + g
         merged = torch.linalg.solve(total, weighted) if transposed else torch.linalg.solve(total, weighted.T).T
@@ -378,20 +386,21 @@ def adamerging(model: torch.nn.Module, pretrained: StateDict, finetuned: Sequenc
     check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
     if len(unlabeled) != len(finetuned):
         raise ValueError(f"got {len(unlabeled)} unlabeled input sets for {len(finetuned)} tasks (one per task)")
-    vectors = [task_vector(pretrained, sd) for sd in finetuned]
+    init = _check_number(init, "init")
+    stacked = {key: tau for key, _, tau in _task_vectors_by_key(pretrained, finetuned)}  # (T, ...) per key
     learned = dict(model.named_parameters())
-    keys = [k for k in vectors[0] if k in learned]  # buffers (BatchNorm statistics) keep lam = init
-    stacked = {k: torch.stack([v[k] for v in vectors]) for k in vectors[0]}  # (T, ...)
+    keys = [k for k in stacked if k in learned]
+    # buffers (BatchNorm statistics) are not learned: task arithmetic with lam = init
+    fixed = {k: v + init * stacked[k].sum(0) if k in stacked and k not in learned else v.clone()
+             for k, v in pretrained.items()}
     dev = stacked[keys[0]].device
-    lam = torch.full((len(finetuned), len(keys)), float(init), device=dev, requires_grad=True)
+    lam = torch.full((len(finetuned), len(keys)), init, device=dev, requires_grad=True)
     optimizer = torch.optim.Adam([lam], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     model.eval()
-    fixed = add_task_vectors(pretrained, [{k: v for k, v in tv.items() if k not in learned} for tv in vectors], init)
 
     def merged(coeffs):
-        return {k: pretrained[k] + (coeffs[:, i].view(-1, *[1] * (stacked[k].dim() - 1)) * stacked[k]).sum(0)
-                for i, k in enumerate(keys)}
+        return {k: pretrained[k] + (_per_row(coeffs[:, i], stacked[k]) * stacked[k]).sum(0) for i, k in enumerate(keys)}
 
     for _ in range(steps):
         params = merged(lam.clamp(0.0, 1.0))  # the paper's code clamps every coefficient to [0, 1]
