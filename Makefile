@@ -32,6 +32,9 @@ $(VENV)/.installed: pyproject.toml
 	# torchdistill is a peer for the distillation tests; its torchvision requirement would replace
 	# the CPU torch with a CUDA build, and its loss modules need no torchvision: install it alone.
 	$(BIN)/python -m pip install -q --no-deps "torchdistill>=1.1"
+	# mergekit is the peer of the merging tests; it pins pydantic and accelerate to older releases than
+	# the book's, and the merge code it is tested on imports fine with ours: install it alone too.
+	$(BIN)/python -m pip install -q --no-deps "mergekit>=0.1.5"
 	touch $@
 
 ## test: unit tests of lfm_ref plus nbval over every chapter, spread over the cores

@@ -1,4 +1,4 @@
-"""Chapter 11: weight merging on state dicts (defining properties, PEFT's formulas as peer, errors)."""
+"""Chapter 11: weight merging on state dicts (defining properties, PEFT and mergekit as peers, errors)."""
 import pytest
 import torch
 from torch import nn
@@ -199,6 +199,39 @@ def test_ties_and_dare_match_peft_merge_utils():
     torch.manual_seed(5)
     theirs = merge_utils.random_pruning(tau, density=0.3, rescale=True)
     assert torch.allclose(dare({"w": tau}, p=0.7, seed=5)["w"], theirs, atol=1e-6)
+
+
+# ----- peer: mergekit's generalized task arithmetic, its own merge_group code path -----------------
+def _mergekit(name, base, tensors, **parameters):
+    registry = pytest.importorskip("mergekit.merge_methods.registry")
+    from mergekit.merge_methods.base import TensorGroup
+
+    group = TensorGroup.from_tensors([base, *tensors], base_index=0)
+    ids = range(1, len(tensors) + 1)
+    defaults = {"int8_mask": False, "lambda": 1.0, "weight": {i: 1.0 for i in ids}, "density": {i: 1.0 for i in ids}}
+    method = registry.get(name)
+    return method.merge_group(group, **{"normalize": method.default_normalize,
+                                        "rescale": method.default_rescale, **defaults, **parameters})
+
+
+def test_task_arithmetic_ties_and_dare_match_mergekit():
+    torch.manual_seed(0)
+    pre = {"w": torch.randn(24, 40), "b": torch.randn(40)}
+    fts = [{k: v + torch.randn_like(v) for k, v in pre.items()} for _ in range(3)]
+    ta = task_arithmetic(pre, fts, lam=0.4)
+    # mergekit's TIES trims per tensor and takes the mean over the agreeing models (normalize=True)
+    ties = ties_merge(pre, fts, density=0.3, lam=0.8, scope="tensor")
+    for k in pre:
+        tensors = [sd[k] for sd in fts]
+        assert torch.allclose(ta[k], _mergekit("task_arithmetic", pre[k], tensors, **{"lambda": 0.4}), atol=1e-5)
+        theirs = _mergekit("ties", pre[k], tensors, density={i: 0.3 for i in (1, 2, 3)}, **{"lambda": 0.8})
+        assert torch.allclose(ties[k], theirs, atol=1e-5), k
+    # DARE: mergekit's default rescale matches the L1 norm, the paper's divides by 1 - p. With rescaling off,
+    # the same seed gives the same Bernoulli draws, so the dropped task vectors are equal.
+    tau = fts[0]["w"] - pre["w"]
+    torch.manual_seed(3)
+    theirs = _mergekit("dare_linear", pre["w"], [fts[0]["w"]], density={1: 0.25}, rescale=False)
+    assert torch.allclose(pre["w"] + dare({"w": tau}, p=0.75, seed=3, rescale=False)["w"], theirs, atol=1e-6)
 
 
 def test_dare_merge_combines_with_task_arithmetic_and_ties(models):
