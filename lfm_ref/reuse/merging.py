@@ -369,6 +369,12 @@ def regmean(models: Sequence[torch.nn.Module], inputs: Sequence[torch.Tensor], a
     return out
 
 
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """``H(softmax(logits))`` averaged over the rows: the test-time objective of AdaMerging and WEMoE."""
+    log_p = logits.log_softmax(-1)
+    return -(log_p.exp() * log_p).sum(-1).mean()
+
+
 def adamerging(model: torch.nn.Module, pretrained: StateDict, finetuned: Sequence[StateDict],
                unlabeled: Sequence[torch.Tensor], steps: int = 500, lr: float = 1e-3, init: float = 0.3,
                batch_size: int = 16, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -407,8 +413,7 @@ def adamerging(model: torch.nn.Module, pretrained: StateDict, finetuned: Sequenc
         loss = 0
         for x in unlabeled:
             idx = torch.randint(len(x), (batch_size,), generator=generator)
-            probs = functional_call(model, {**fixed, **params}, (x[idx].to(dev),)).softmax(-1)
-            loss = loss + -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()  # H(p), averaged over x
+            loss = loss + prediction_entropy(functional_call(model, {**fixed, **params}, (x[idx].to(dev),)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
