@@ -1,0 +1,219 @@
+"""Ensembles: combining the *outputs* of several models, and two ways to pay for fewer of them.
+
+- :func:`average_probabilities` and :func:`majority_vote`: the classic combiners of members' predictions.
+- :class:`StackingCombiner`: stacked generalisation (Wolpert, 1992, Neural Networks 5(2)): a small model
+  trained on held-out data to combine the members' log-probabilities.
+- :class:`BatchEnsembleLinear` and :func:`batch_ensemble`: BatchEnsemble (Wen, Tran & Ba, 2020, ICLR;
+  arXiv:2002.06715). Member ``i`` of a layer uses ``W_i = W * (s_i r_i^T)``, a shared weight times a rank-1
+  "fast weight", computed without forming ``W_i``: ``y = ((x * r_i) W^T) * s_i + b_i``.
+- :class:`LinearizedModel` and :func:`tangent_compose`: Tangent Model Composition (Liu & Soatto, 2023,
+  ICCV; arXiv:2307.08114). Components are fine-tuned in the tangent space of the pretrained model,
+  ``f_lin(x; Delta) = f(x; theta_0) + J_theta f(x; theta_0) Delta``; since ``f_lin`` is linear in ``Delta``,
+  the ensemble of components is *one* tangent model: ``sum_i w_i f_lin(x; Delta_i) = f_lin(x; sum_i w_i Delta_i)``
+  for ``sum_i w_i = 1``, at the inference cost of one model.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jvp
+
+from ..hooks import get_module
+from ..train import predict
+from .merging import _check_number
+
+
+def _check_logits(logits: torch.Tensor) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError("expected the members' logits stacked as (members, examples, classes), got "
+                         + (f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__))
+    if len(logits) == 0:
+        raise ValueError("the ensemble has no members")
+    return logits
+
+
+def member_logits(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The members' outputs on ``x``, stacked as ``(members, examples, classes)``."""
+    if isinstance(models, nn.Module) or len(models) == 0:
+        raise ValueError("member_logits takes a non-empty list of models")
+    return torch.stack([predict(m, x) for m in models])
+
+
+def average_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """``p(y|x) = (1/M) sum_i softmax(f_i(x))``: the ensemble's predictive distribution, ``(examples, classes)``."""
+    return _check_logits(logits).softmax(-1).mean(0)
+
+
+def majority_vote(logits: torch.Tensor) -> torch.Tensor:
+    """The class most members predict, ``(examples,)``; ties go to the class with the larger mean probability."""
+    logits = _check_logits(logits)
+    votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(0).float()  # (examples, classes)
+    # mean probabilities lie in [0, 1): adding half of them breaks ties without overturning a vote count
+    return (votes + 0.5 * logits.softmax(-1).mean(0)).argmax(-1)
+
+
+class StackingCombiner(nn.Module):
+    """Stacking with one learned weight per member: ``g(x) = sum_i w_i log softmax f_i(x) + b``, fitted on held-out data.
+
+    Breiman (1996, "Stacked regressions", Machine Learning 24) found that a combiner with few parameters
+    (one weight per member) generalises where a richer one overfits the held-out set. ``w`` starts at
+    ``1/M`` and ``b`` at 0, so an untrained combiner is the geometric-mean ensemble.
+    """
+
+    def __init__(self, n_members: int, n_classes: int):
+        super().__init__()
+        if n_members < 1 or n_classes < 2:
+            raise ValueError(f"need at least one member and two classes, got {n_members} and {n_classes}")
+        self.n_members, self.n_classes = n_members, n_classes
+        self.weight = nn.Parameter(torch.full((n_members,), 1.0 / n_members))
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits``: the members' outputs ``(members, examples, classes)``; returns ``(examples, classes)``."""
+        logits = _check_logits(logits)
+        if logits.shape[0] != self.n_members or logits.shape[2] != self.n_classes:
+            raise ValueError(f"the combiner expects ({self.n_members} members, examples, {self.n_classes} classes), "
+                             f"got {tuple(logits.shape)}")
+        return torch.einsum("m,mbc->bc", self.weight, logits.log_softmax(-1)) + self.bias
+
+
+def stacking_loss(combiner: StackingCombiner, batch) -> torch.Tensor:
+    """Cross-entropy of the combiner on ``(logits, y)`` batches with ``logits`` of shape ``(examples, members, classes)``
+    (the examples first, so that ``fit`` can batch them)."""
+    logits, y = batch
+    return F.cross_entropy(combiner(logits.transpose(0, 1)), y)
+
+
+# ----- BatchEnsemble ----------------------------------------------------------------------------------
+class BatchEnsembleLinear(nn.Module):
+    """``y = ((x * r_i) W^T) * s_i + b_i`` for the rows of member ``i``.
+
+    Inputs hold the members' rows one after another: ``(members * batch, ..., in_features)``. ``W`` is
+    shared; ``r_i``, ``s_i`` (the rank-1 fast weight ``s_i r_i^T``) and ``b_i`` belong to member ``i``.
+    """
+
+    def __init__(self, linear: nn.Linear, n_members: int, init_std: float = 0.5, generator: torch.Generator | None = None):
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"BatchEnsembleLinear wraps an nn.Linear, got {type(linear).__name__}")
+        if not isinstance(n_members, int) or n_members < 1:
+            raise ValueError(f"n_members must be a positive int, got {n_members!r}")
+        self.n_members = n_members
+        self.weight = nn.Parameter(linear.weight.detach().clone())
+        out_f, in_f = linear.weight.shape
+        bias = linear.bias.detach() if linear.bias is not None else torch.zeros(out_f)
+        self.bias = nn.Parameter(bias.clone().repeat(n_members, 1))
+        # fast weights near 1 (the paper draws them around 1 or as random signs); members start different
+        self.r = nn.Parameter(1 + init_std * torch.randn(n_members, in_f, generator=generator))
+        self.s = nn.Parameter(1 + init_std * torch.randn(n_members, out_f, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] % self.n_members:
+            raise ValueError(f"BatchEnsembleLinear expects members * batch rows ({self.n_members} members), "
+                             f"got {x.shape[0]}")
+        xm = x.view(self.n_members, -1, *x.shape[1:])                     # (M, B, ..., in)
+        shape = (self.n_members,) + (1,) * (xm.dim() - 2) + (-1,)           # broadcast over B and the middle dims
+        y = F.linear(xm * self.r.view(shape), self.weight)                  # (x * r_i) W^T
+        return (y * self.s.view(shape) + self.bias.view(shape)).view(*x.shape[:-1], -1)  # * s_i + b_i
+
+
+class BatchEnsemble(nn.Module):
+    """A model whose linear layers (those named in ``layers``) are BatchEnsemble layers; other layers are shared.
+
+    :meth:`members` runs every member on its own inputs ``(members, batch, ...)`` and returns
+    ``(members, batch, classes)``; calling the model on ``(batch, ...)`` gives every member the same
+    inputs and returns the log of the averaged probabilities (the ensemble's prediction).
+    """
+
+    def __init__(self, model: nn.Module, n_members: int, layers: Sequence[str], init_std: float = 0.5, seed: int = 0):
+        super().__init__()
+        if isinstance(layers, str) or len(layers) == 0:
+            raise ValueError(f"layers must be a non-empty list of nn.Linear names, got {layers!r}")
+        self.model, self.n_members = copy.deepcopy(model), n_members
+        generator = torch.Generator().manual_seed(seed)
+        for name in layers:
+            layer = BatchEnsembleLinear(get_module(self.model, name), n_members, init_std, generator)
+            parent, _, child = name.rpartition(".")
+            setattr(get_module(self.model, parent) if parent else self.model, child,
+                    layer.to(get_module(self.model, name).weight.device))
+
+    def members(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.n_members:
+            raise ValueError(f"members() expects inputs of shape ({self.n_members}, batch, ...), got {tuple(x.shape)}")
+        out = self.model(x.flatten(0, 1))  # the members' rows one after another
+        return out.view(self.n_members, x.shape[1], *out.shape[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.members(x.unsqueeze(0).expand(self.n_members, *x.shape))
+        return average_probabilities(logits).log()
+
+
+def batch_ensemble_loss(model: BatchEnsemble, batch) -> torch.Tensor:
+    """Cross-entropy of every member on its own examples; ``batch = (x, y)`` with ``x`` of shape
+    ``(batch, members, ...)`` and ``y`` of shape ``(batch, members)`` (see :func:`member_batches`)."""
+    x, y = batch
+    logits = model.members(x.transpose(0, 1))  # (members, batch, classes)
+    return F.cross_entropy(logits.flatten(0, 1), y.transpose(0, 1).flatten())
+
+
+def member_batches(shards: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zip the members' data sets (each an ``(x, y)`` pair) into tensors ``(n, members, ...)``, truncated to the
+    shortest, so that one mini-batch holds the same number of examples of every member's own data."""
+    if len(shards) == 0:
+        raise ValueError("member_batches needs one (x, y) data set per member, got none")
+    n = min(len(x) for x, _ in shards)
+    return torch.stack([x[:n] for x, _ in shards], 1), torch.stack([y[:n] for _, y in shards], 1)
+
+
+# ----- Tangent Model Composition ----------------------------------------------------------------------
+class LinearizedModel(nn.Module):
+    """``f_lin(x; Delta) = f(x; theta_0) + J_theta f(x; theta_0) Delta`` with a trainable ``Delta`` (zero at start).
+
+    ``trainable`` lists name prefixes of the parameters to linearise (all by default); the others stay at
+    ``theta_0``. The Jacobian-vector product is one forward-mode pass (``torch.func.jvp``), never a Jacobian.
+    """
+
+    def __init__(self, model: nn.Module, trainable: Sequence[str] | None = None):
+        super().__init__()
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        named = dict(self.model.named_parameters())
+        self.names = [n for n in named if trainable is None or n.startswith(tuple(trainable))]
+        if not self.names:
+            raise ValueError(f"no parameter name starts with any of {list(trainable)}; names look like {list(named)[:4]}")
+        self.delta = nn.ParameterList([nn.Parameter(torch.zeros_like(named[n])) for n in self.names])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        named = dict(self.model.named_parameters())
+        theta0 = {n: named[n] for n in self.names}
+        tangent = dict(zip(self.names, self.delta))
+        # forward-mode AD needs attention in plain ops: the fused CPU kernel has no forward derivative
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            out, directional = jvp(lambda p: functional_call(self.model, p, (x,)), (theta0,), (tangent,))
+        return out + directional  # f(x; theta_0) + J Delta
+
+
+def tangent_compose(components: Sequence[LinearizedModel], weights: Sequence[float] | None = None) -> LinearizedModel:
+    """One tangent model with ``Delta = sum_i w_i Delta_i`` (uniform ``w_i = 1/M`` by default): the ensemble of
+    the components, computed as one model."""
+    if isinstance(components, nn.Module) or len(components) == 0:
+        raise ValueError("tangent_compose takes a non-empty list of LinearizedModel components")
+    if not all(isinstance(c, LinearizedModel) for c in components):
+        raise TypeError("every component must be a LinearizedModel (fine-tuned in the tangent space)")
+    first = components[0]
+    for i, c in enumerate(components[1:], start=1):
+        if c.names != first.names or any(not torch.equal(a, b) for a, b in zip(c.model.parameters(), first.model.parameters())):
+            raise ValueError(f"component {i} is linearised around a different model or set of parameters than component 0")
+    weights = [1 / len(components)] * len(components) if weights is None else [_check_number(w, "each weight") for w in weights]
+    if len(weights) != len(components):
+        raise ValueError(f"got {len(weights)} weights for {len(components)} components")
+    composed = copy.deepcopy(first)
+    with torch.no_grad():
+        for i, delta in enumerate(composed.delta):
+            delta.copy_(sum(w * c.delta[i] for w, c in zip(weights, components)))
+    return composed
