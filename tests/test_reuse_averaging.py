@@ -77,3 +77,23 @@ def test_averaging_bad_input():
         greedy_soup([], lambda sd: 0.0)
     with pytest.raises(ValueError, match="every must be a positive int"):
         fit(TinyMLP(), digits_task("digits", "train"), steps=2, device="cpu", callback=lambda s, m: None)
+
+
+# ----- AdapterSoup ---------------------------------------------------------------------------------
+def test_adapter_soup_averages_the_most_similar_adapters():
+    from lfm_ref.reuse import adapter_soup, domain_similarity
+
+    adapters = [{"lora_A": torch.full((2, 3), float(i)), "lora_B": torch.full((3, 2), -float(i))} for i in range(4)]
+    soup, chosen = adapter_soup(adapters, [0.1, 0.9, -0.5, 0.7], k=2)
+    assert chosen == [1, 3]
+    assert torch.allclose(soup["lora_A"], torch.full((2, 3), 2.0)) and torch.allclose(soup["lora_B"], torch.full((3, 2), -2.0))
+    g = torch.Generator().manual_seed(0)
+    domains = [torch.randn(50, 4, generator=g) + shift for shift in (torch.tensor([3.0, 0, 0, 0]), torch.tensor([0, 3.0, 0, 0]))]
+    sims = domain_similarity(lambda x: x, domains[1][:25], domains)
+    assert sims.argmax() == 1 and sims[1] > 0.9
+    with pytest.raises(ValueError, match="one score per adapter"):
+        adapter_soup(adapters, [0.1, 0.2], k=1)
+    with pytest.raises(ValueError, match="k must be an int between 1 and"):
+        adapter_soup(adapters, [0.1, 0.9, -0.5, 0.7], k=5)
+    with pytest.raises(ValueError, match="at least one training domain"):
+        domain_similarity(lambda x: x, domains[0], [])

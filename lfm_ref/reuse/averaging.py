@@ -8,6 +8,9 @@ All four are :func:`lfm_ref.reuse.merging.weighted_average` applied to a chosen 
 - **SWA** (Izmailov et al., 2018, UAI; arXiv:1803.05407): the checkpoints of one run taken at a high,
   constant learning rate, averaged (``fit(..., callback=...)`` records them).
 - **LAWA** (Kaddour, 2022, arXiv:2209.14981): the average of the latest ``k`` checkpoints, during training.
+- **AdapterSoup** (Chronopoulou et al., 2023, Findings of EACL; arXiv:2302.07027): adapters trained on
+  different domains; for a new domain, average the weights of the ``k`` adapters whose domains are most
+  similar to it (:func:`domain_similarity`, :func:`adapter_soup`).
 - **FedAvg** (McMahan et al., 2017, AISTATS; arXiv:1602.05629): each round, every client trains the
   global model on its own data and the server averages the clients' weights, weighted by data size:
   ``theta <- sum_k n_k theta_k / sum_k n_k``.
@@ -66,3 +69,36 @@ def fedavg(model: nn.Module, clients: Sequence, rounds: int, local_steps: int, c
         if callback is not None:
             callback(r + 1, model)
     return model
+
+
+@torch.no_grad()
+def domain_similarity(embed: Callable[[torch.Tensor], torch.Tensor], new_inputs: torch.Tensor,
+                      domains: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Cosine similarity between the mean embedding of ``new_inputs`` and that of each domain's inputs.
+
+    ``embed`` maps a batch of inputs to feature vectors (for instance a pretrained model's features);
+    AdapterSoup uses a sentence encoder's embeddings of the domains' text in the same way.
+    """
+    if len(domains) == 0:
+        raise ValueError("domain_similarity needs the inputs of at least one training domain")
+    centre = embed(new_inputs).mean(0)
+    centres = torch.stack([embed(x).mean(0) for x in domains])
+    return torch.nn.functional.cosine_similarity(centres, centre[None], dim=-1)
+
+
+def adapter_soup(adapters: Sequence[StateDict], scores: Sequence[float] | torch.Tensor, k: int
+                 ) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """AdapterSoup: the uniform average of the ``k`` adapters with the highest ``scores`` (domain similarity).
+
+    Parameters are averaged one by one, as in the paper. For LoRA adapters that averages ``A`` and ``B``
+    separately, which equals averaging the updates ``B A`` only up to cross terms: adapters that start
+    from the same initialisation (same seed) stay close enough for this to work, as chapter 12 explains.
+    """
+    adapters = check_state_dicts(adapters, "adapters")
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    if scores.shape != (len(adapters),):
+        raise ValueError(f"need one score per adapter ({len(adapters)}), got shape {tuple(scores.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(adapters):
+        raise ValueError(f"k must be an int between 1 and the number of adapters ({len(adapters)}), got {k!r}")
+    chosen = scores.argsort(descending=True)[:k].tolist()
+    return weighted_average([adapters[i] for i in chosen]), chosen
