@@ -1,8 +1,9 @@
-"""Merge time of ``lfm_ref.reuse`` against PEFT's merge utilities on GPT-2-sized state dicts.
+"""Merge time of ``lfm_ref.reuse`` against PEFT's merge utilities and mergekit on GPT-2-sized state dicts.
 
 A report, not a test: machines are noisy. Both sides start from the same state dicts (a randomly
 initialised GPT-2 small, 124M parameters, and fine-tuned copies made by adding noise) and return the
-merged state dict; PEFT's functions work on one tensor at a time, so its side loops over the keys.
+merged state dict; PEFT's functions and mergekit's ``merge_group`` work on one tensor at a time, so their
+side loops over the keys (mergekit is skipped if it is not installed).
 Run: ``python scripts/bench_merging.py [--models 3] [--repeats 3] [--small]``.
 """
 from __future__ import annotations
@@ -53,20 +54,52 @@ def main(argv=None):
                     else pre[k] for k in pre}
         return run
 
+    try:
+        from mergekit.merge_methods import registry
+        from mergekit.merge_methods.base import TensorGroup
+    except ImportError:
+        registry = None
+
+    def mergekit(method, **params):
+        if registry is None:
+            return None
+        ids = range(1, len(fts) + 1)
+        method = registry.get(method)
+        params = {"int8_mask": False, "lambda": 1.0, "normalize": method.default_normalize,
+                  "rescale": method.default_rescale, "weight": {i: 1.0 for i in ids}, "density": {i: 1.0 for i in ids},
+                  **params}
+
+        def run():
+            return {k: method.merge_group(TensorGroup.from_tensors([pre[k], *(sd[k] for sd in fts)], base_index=0), **params)
+                    if pre[k].is_floating_point() else pre[k] for k in pre}
+        return run
+
+    ids = range(1, len(fts) + 1)
     cases = {
-        "task arithmetic": (lambda: task_arithmetic(pre, fts, lam=1.0), peft(merge_utils.task_arithmetic)),
+        "task arithmetic": (lambda: task_arithmetic(pre, fts, lam=1.0), peft(merge_utils.task_arithmetic),
+                            mergekit("task_arithmetic")),
         "TIES (per tensor, k=20%)": (lambda: ties_merge(pre, fts, density=0.2, lam=1.0, scope="tensor"),
-                                      peft(merge_utils.ties, density=0.2)),
-        "DARE p=0.9 + TA": (lambda: dare_merge(pre, fts, p=0.9, lam=1.0, seed=0), peft(merge_utils.dare_linear, density=0.1)),
+                                      peft(merge_utils.ties, density=0.2),
+                                      mergekit("ties", density={i: 0.2 for i in ids})),
+        "DARE p=0.9 + TA": (lambda: dare_merge(pre, fts, p=0.9, lam=1.0, seed=0), peft(merge_utils.dare_linear, density=0.1),
+                            mergekit("dare_linear", density={i: 0.1 for i in ids})),
     }
     print(f"{len(fts)} models of {n / 1e6:.1f}M parameters; best of {args.repeats} runs; torch threads {torch.get_num_threads()}")
-    print(f"{'method':>26} {'lfm_ref s':>10} {'PEFT s':>8} {'ratio':>6}  equal")
-    for name, (ours_fn, theirs_fn) in cases.items():
+    print(f"{'method':>26} {'lfm_ref s':>10} {'PEFT s':>8} {'ratio':>6} {'mergekit s':>10} {'ratio':>6}  equal (PEFT, mergekit)")
+    for name, (ours_fn, peft_fn, mergekit_fn) in cases.items():
         t_ours, ours = best_time(ours_fn, args.repeats)
-        t_theirs, theirs = best_time(theirs_fn, args.repeats)
-        # DARE draws its masks in a different order from PEFT, so only the deterministic methods are compared
-        equal = "-" if name.startswith("DARE") else all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in pre)
-        print(f"{name:>26} {t_ours:10.2f} {t_theirs:8.2f} {t_ours / t_theirs:6.2f}  {equal}")
+        row = f"{name:>26} {t_ours:10.2f}"
+        equal = []
+        for fn in (peft_fn, mergekit_fn):
+            if fn is None:
+                row += f" {'-':>8} {'-':>6}"
+                continue
+            t, theirs = best_time(fn, args.repeats)
+            row += f" {t:8.2f} {t_ours / t:6.2f}"
+            # DARE draws its masks in another order (and mergekit rescales by the L1 norm): times only. TIES can
+            # differ in an entry where two magnitudes tie exactly at the cut (PEFT and we keep one, mergekit the other)
+            equal.append("-" if name.startswith("DARE") else all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in pre))
+        print(row + f"  {equal}")
 
 
 if __name__ == "__main__":
