@@ -138,7 +138,17 @@ def task_arithmetic(pretrained: StateDict, finetuned: Sequence[StateDict], lam: 
     """Task arithmetic: ``theta_0 + lam * sum_t (theta_t - theta_0)``; ``lam < 0`` negates (forgets) tasks."""
     check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
     lam = _check_number(lam, "lam")
-    return _merge_by_key(pretrained, finetuned, lambda key, theta0, tau: theta0 + lam * tau.sum(0))
+    out = {}
+    for key, theta0 in pretrained.items():
+        if not _is_weight(theta0):
+            out[key] = theta0.clone()
+            continue
+        # sum_t (theta_t - theta_0) = sum_t theta_t - T theta_0: one accumulator, no (T, ...) stack
+        total = finetuned[0][key].clone()
+        for sd in finetuned[1:]:
+            total += sd[key]
+        out[key] = total.sub_(theta0, alpha=len(finetuned)).mul_(lam).add_(theta0)
+    return out
 
 
 def _check_density(density: float, scope: str) -> float:
