@@ -1,4 +1,4 @@
-"""Reading a model's intermediate activations by module name (for feature- and relation-based methods)."""
+"""Addressing a model's modules by name: finding and replacing them, and reading their activations."""
 from __future__ import annotations
 
 import difflib
@@ -17,6 +17,19 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no module {name!r}; close names: {close or 'none'} "
                          f"(see model.named_modules())")
     return modules[name]
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace ``model``'s submodule called ``name`` by ``module`` (a ValueError naming close ones if it has none)."""
+    get_module(model, name)
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D`` from transformers: a linear layer whose weight is stored transposed (``in x out``).
+    Checked by name, so that nothing here imports transformers."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
 
 
 @contextmanager

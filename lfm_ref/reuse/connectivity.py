@@ -165,26 +165,25 @@ def _permutation_sizes(spec: PermutationSpec, state_dict: StateDict) -> dict[str
     return sizes
 
 
-def permute_state_dict(state_dict: StateDict, spec: PermutationSpec, perms: Mapping[str, torch.Tensor],
-                       skip: str | None = None, skip_axis: int | None = None) -> dict[str, torch.Tensor]:
-    """``state_dict`` with every axis of the spec reordered: ``new[..., i, ...] = old[..., perms[P][i], ...]``.
+def _permute(w: torch.Tensor, axes: tuple, perms: Mapping[str, torch.Tensor], skip_axis: int | None = None
+             ) -> torch.Tensor:
+    """One tensor with each of its ``axes`` reordered by its permutation (except ``skip_axis``)."""
+    for axis, perm in enumerate(axes):
+        if perm is not None and axis != skip_axis:
+            w = w.index_select(axis, perms[perm].to(w.device))
+    return w
 
-    (``skip``/``skip_axis`` leave one axis of one tensor alone; weight matching needs that.)
-    """
+
+def permute_state_dict(state_dict: StateDict, spec: PermutationSpec, perms: Mapping[str, torch.Tensor]
+                       ) -> dict[str, torch.Tensor]:
+    """``state_dict`` with every axis of the spec reordered: ``new[..., i, ...] = old[..., perms[P][i], ...]``."""
     sizes = _permutation_sizes(spec, state_dict)
     for name, n in sizes.items():
         if name not in perms:
             raise ValueError(f"no permutation given for {name!r}; expected one for each of {sorted(sizes)}")
         if sorted(perms[name].tolist()) != list(range(n)):
             raise ValueError(f"perms[{name!r}] must be a permutation of range({n})")
-    out = dict(state_dict)
-    for key, axes in spec.items():
-        w = state_dict[key]
-        for axis, perm in enumerate(axes):
-            if perm is not None and not (key == skip and axis == skip_axis):
-                w = w.index_select(axis, perms[perm].to(w.device))
-        out[key] = w
-    return out
+    return {**state_dict, **{key: _permute(state_dict[key], axes, perms) for key, axes in spec.items()}}
 
 
 def random_permutations(spec: PermutationSpec, state_dict: StateDict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -216,8 +215,8 @@ def weight_matching(spec: PermutationSpec, a: StateDict, b: StateDict, max_iter:
                 for axis, perm in enumerate(axes):
                     if perm != name:
                         continue
-                    # B with every *other* axis already permuted, so that only this one is being solved
-                    wb = permute_state_dict(b, spec, perms, skip=key, skip_axis=axis)[key]
+                    # B's tensor with every *other* axis already permuted, so that only this one is being solved
+                    wb = _permute(b[key], axes, perms, skip_axis=axis)
                     wa = a[key].movedim(axis, 0).reshape(n, -1).double().cpu()
                     similarity += wa @ wb.movedim(axis, 0).reshape(n, -1).double().cpu().T  # <w^A_i, w^B_j>
             _, best = linear_sum_assignment(similarity.numpy(), maximize=True)
@@ -231,11 +230,13 @@ def weight_matching(spec: PermutationSpec, a: StateDict, b: StateDict, max_iter:
 
 
 # ----- fusion of two MLPs ------------------------------------------------------------------------------
-def _chain_weights(state_dict: StateDict, layers: Sequence[str]):
+def _chain_weights(state_dict: StateDict, layers: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight, bias)`` of every layer of the chain, in float64 on the CPU: the layers are small, and the
+    assignment solvers run on the CPU."""
     for name in layers:
         if f"{name}.weight" not in state_dict or f"{name}.bias" not in state_dict:
             raise ValueError(f"the state dict has no linear layer {name!r} with a weight and a bias")
-    return [(state_dict[f"{n}.weight"], state_dict[f"{n}.bias"]) for n in layers]
+    return [tuple(state_dict[f"{n}.{p}"].detach().double().cpu() for p in ("weight", "bias")) for n in layers]
 
 
 def sinkhorn(cost: torch.Tensor, reg: float, iters: int = 500) -> torch.Tensor:
@@ -270,7 +271,6 @@ def ot_fusion(a: StateDict, b: StateDict, layers: Sequence[str], reg: float | No
     carry = None  # n T_{l-1}: B's previous neurons expressed in A's
     chain_a, chain_b = _chain_weights(a, layers), _chain_weights(b, layers)
     for i, (name, (wa, ba), (wb, bb)) in enumerate(zip(layers, chain_a, chain_b)):
-        wa, ba, wb, bb = (t.detach().double().cpu() for t in (wa, ba, wb, bb))  # small; the solver runs on the CPU
         if carry is not None:
             wb = wb @ carry.T
         if i < len(layers) - 1:
@@ -343,7 +343,6 @@ def zipit(model_a: nn.Module, model_b: nn.Module, layers: Sequence[str], inputs:
     out = {k: v.clone() for k, v in a.items()}
     unmerge = None
     for i, (name, (wa, ba), (wb, bb)) in enumerate(zip(layers, chain_a, chain_b)):
-        wa, ba, wb, bb = (t.detach().double().cpu() for t in (wa, ba, wb, bb))
         last = i == len(layers) - 1
         if i == 0:
             w = torch.cat([wa, wb], 0)                          # both models read the same input

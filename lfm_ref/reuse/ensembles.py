@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..hooks import get_module
+from ..hooks import get_module, set_module
 from ..train import predict
 from .merging import _check_number
 
@@ -136,10 +137,8 @@ class BatchEnsemble(nn.Module):
         self.model, self.n_members = copy.deepcopy(model), n_members
         generator = torch.Generator().manual_seed(seed)
         for name in layers:
-            layer = BatchEnsembleLinear(get_module(self.model, name), n_members, init_std, generator)
-            parent, _, child = name.rpartition(".")
-            setattr(get_module(self.model, parent) if parent else self.model, child,
-                    layer.to(get_module(self.model, name).weight.device))
+            linear = get_module(self.model, name)
+            set_module(self.model, name, BatchEnsembleLinear(linear, n_members, init_std, generator).to(linear.weight.device))
 
     def members(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.n_members:
@@ -191,8 +190,6 @@ class LinearizedModel(nn.Module):
         theta0 = {n: named[n] for n in self.names}
         tangent = dict(zip(self.names, self.delta))
         # forward-mode AD needs attention in plain ops: the fused CPU kernel has no forward derivative
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         with sdpa_kernel(SDPBackend.MATH):
             out, directional = jvp(lambda p: functional_call(self.model, p, (x,)), (theta0,), (tangent,))
         return out + directional  # f(x; theta_0) + J Delta

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..hooks import get_module
+from ..hooks import get_module, set_module
 from ..train import fit
 from .merging import StateDict, _check_number, check_state_dicts, prediction_entropy, task_arithmetic
 
@@ -94,11 +94,10 @@ def weight_ensembling_moe(model: nn.Module, pretrained: StateDict, finetuned: Se
         return get_module(m, name)
 
     for name in experts:
-        get_module(moe, name)  # a clear error, with close names, for a wrong module name
+        get_module(moe, name)  # a clear error, with close names, before any expert is built
         layer = WeightEnsemblingMLP(block_from(pretrained, name), [block_from(sd, name) for sd in finetuned], dim,
-                                    init_lambda).to(next(moe.parameters()).device)
-        parent, _, child = name.rpartition(".")
-        setattr(get_module(moe, parent) if parent else moe, child, layer)
+                                    init_lambda)
+        set_module(moe, name, layer.to(next(moe.parameters()).device))
     return moe.eval()
 
 

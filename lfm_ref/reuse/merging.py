@@ -30,6 +30,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..hooks import is_conv1d
+
 StateDict = Mapping[str, torch.Tensor]
 
 
@@ -319,7 +321,7 @@ def diagonal_fisher(model: torch.nn.Module, inputs: torch.Tensor, batch_size: in
 def _linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """``nn.Linear`` layers and GPT-2's ``Conv1D`` (which stores its weight transposed: ``in x out``)."""
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
+            if isinstance(m, torch.nn.Linear) or is_conv1d(m)}
 
 
 @torch.no_grad()
@@ -366,7 +368,7 @@ def regmean(models: Sequence[torch.nn.Module], inputs: Sequence[torch.Tensor], a
     grams = [gram_matrices(m, x) for m, x in zip(models, inputs)]
     layers = [_linear_layers(m) for m in models]
     for name, layer in layers[0].items():
-        transposed = type(layer).__name__ == "Conv1D"  # Conv1D computes x W with W of shape (in, out)
+        transposed = is_conv1d(layer)  # Conv1D computes x W with W of shape (in, out)
         weighted, total = 0, 0
         for model_layers, g in zip(layers, grams):
             g = g[name]

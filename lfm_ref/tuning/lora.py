@@ -21,16 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _is_conv1d(module: nn.Module) -> bool:
-    # transformers' GPT-2 Conv1D: a linear layer with weight (in, out); checked by name to avoid importing transformers
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+from ..hooks import is_conv1d, set_module
 
 
 def _features(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
-    if _is_conv1d(module):
+    if is_conv1d(module):
         return module.weight.shape[0], module.weight.shape[1]
     raise TypeError(f"LoRA wraps nn.Linear or GPT-2's Conv1D, got {type(module).__name__}")
 
@@ -74,7 +71,7 @@ class LoraLinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """``(alpha / r) B A`` in the base layer's weight layout (transposed for ``Conv1D``)."""
         delta = (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
-        return delta.T if _is_conv1d(self.base) else delta
+        return delta.T if is_conv1d(self.base) else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -110,16 +107,14 @@ def inject_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     targets = [(name, m) for name, m in model.named_modules() if _matches(name, config.target_modules)]
     if not targets:
         candidates = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                             if isinstance(m, nn.Linear) or _is_conv1d(m)})
+                             if isinstance(m, nn.Linear) or is_conv1d(m)})
         raise ValueError(f"no module of {type(model).__name__} matches target_modules={list(config.target_modules)}; "
                          f"its linear layers are named {candidates}")
     if any(isinstance(m, LoraLinear) for _, m in model.named_modules()):
         raise ValueError("the model already has LoRA layers; unload_lora(model) first")
     model.requires_grad_(False)
     for name, module in targets:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child,
-                LoraLinear(module, config.r, config.alpha, config.dropout))
+        set_module(model, name, LoraLinear(module, config.r, config.alpha, config.dropout))
     return model
 
 
@@ -152,8 +147,7 @@ def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
             layer.merge()
         elif not merge and layer.merged:
             layer.unmerge()
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer.base)
+        set_module(model, name, layer.base)
     return model
 
 
