@@ -45,6 +45,19 @@ def lm_dataset(tokenizer, texts: Sequence[str]) -> DictDataset:
     return DictDataset({**batch, "labels": labels})
 
 
+def prompt_answer_dataset(tokenizer, pairs: Sequence[tuple[str, str]]) -> DictDataset:
+    """Supervised pairs ``(prompt, answer)``: the text is ``prompt answer <eos>`` and only the answer and
+    the end-of-sequence token are in the loss (instruction tuning's usual masking)."""
+    if isinstance(pairs, (str, tuple)) or len(pairs) == 0 or not all(len(p) == 2 for p in pairs):
+        raise ValueError("pairs must be a non-empty list of (prompt, answer) string pairs")
+    prompts, answers = (_check_texts(list(t)) for t in zip(*pairs))
+    batch = encode(tokenizer, [f"{p} {a} {tokenizer.eos_token}" for p, a in zip(prompts, answers)])
+    prompt_len = torch.tensor([len(tokenizer(p)["input_ids"]) for p in prompts])
+    cols = torch.arange(batch["input_ids"].shape[1])
+    in_loss = (cols[None] >= prompt_len[:, None]) & (batch["attention_mask"] == 1)
+    return DictDataset({**batch, "labels": batch["input_ids"].masked_fill(~in_loss, -100)})
+
+
 def target_ids(tokenizer, targets: Sequence[str]) -> torch.Tensor:
     """The first token of each target word, as it would follow a prompt (with a leading space)."""
     return torch.tensor([tokenizer(" " + t, add_special_tokens=False)["input_ids"][0] for t in _check_texts(targets, "targets")])

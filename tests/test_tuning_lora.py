@@ -126,14 +126,14 @@ def test_lora_bad_input():
     with pytest.raises(ValueError, match="exceeds"):
         inject_lora(copy.deepcopy(base), LoraConfig(target_modules=["c_attn"], r=64))
     model = inject_lora(copy.deepcopy(base), LoraConfig(target_modules=["c_attn"], r=2))
-    with pytest.raises(ValueError, match="already has LoRA"):
+    with pytest.raises(ValueError, match="already adapted"):
         inject_lora(model, LoraConfig(target_modules=["c_fc"], r=2))
     merge_lora(model)
     with pytest.raises(ValueError, match="already merged"):
         merge_lora(model)
-    with pytest.raises(ValueError, match="no LoRA layers"):
+    with pytest.raises(ValueError, match="no LoraLinear layers"):
         merge_lora(base)
-    with pytest.raises(TypeError, match="nn.Linear or GPT-2's Conv1D"):
+    with pytest.raises(TypeError, match="nn.Linear or GPT-2"):
         LoraLinear(torch.nn.Conv2d(1, 1, 3))
 
 

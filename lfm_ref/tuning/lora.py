@@ -21,15 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hooks import is_conv1d, set_module
-
-
-def _features(module: nn.Module) -> tuple[int, int]:
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if is_conv1d(module):
-        return module.weight.shape[0], module.weight.shape[1]
-    raise TypeError(f"LoRA wraps nn.Linear or GPT-2's Conv1D, got {type(module).__name__}")
+from ..hooks import is_conv1d
+from .inject import (WrappedLayer, check_targets, inject, linear_features, merge_layers, trainable_state_dict,
+                     unload_layers, unmerge_layers, wrapped_layers)
 
 
 @dataclass
@@ -43,30 +37,27 @@ class LoraConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.target_modules, str) or len(self.target_modules) == 0:
-            raise ValueError(f"target_modules must be a non-empty list of module names, got {self.target_modules!r}")
+        check_targets(self.target_modules)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"r (the rank) must be a positive int, got {self.r!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 
 
-class LoraLinear(nn.Module):
+class LoraLinear(WrappedLayer):
     """``base(x) + (alpha / r) * B(A(dropout(x)))`` around a frozen ``nn.Linear`` or ``Conv1D``."""
 
     def __init__(self, base: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
-        super().__init__()
-        in_f, out_f = _features(base)
+        in_f, out_f = linear_features(base)
         if r > min(in_f, out_f):
             raise ValueError(f"rank r={r} exceeds the layer's smaller side ({in_f} in, {out_f} out)")
-        self.base = base.requires_grad_(False)
+        super().__init__(base)
         self.r, self.scaling = r, alpha / r
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(r, in_f, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(out_f, r, device=w.device, dtype=w.dtype))  # B = 0: start at W_0
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's default, as in the paper's code and PEFT
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
 
     def delta_weight(self) -> torch.Tensor:
         """``(alpha / r) B A`` in the base layer's weight layout (transposed for ``Conv1D``)."""
@@ -97,61 +88,33 @@ class LoraLinear(nn.Module):
         self.merged = False
 
 
-def _matches(name: str, targets: Sequence[str]) -> bool:
-    return any(name == t or name.endswith("." + t) for t in targets)
-
-
 def inject_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     """Replace every targeted layer of ``model`` (in place) by a :class:`LoraLinear`, freeze everything else,
     and return ``model``. Only the ``lora_A``/``lora_B`` parameters remain trainable."""
-    targets = [(name, m) for name, m in model.named_modules() if _matches(name, config.target_modules)]
-    if not targets:
-        candidates = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                             if isinstance(m, nn.Linear) or is_conv1d(m)})
-        raise ValueError(f"no module of {type(model).__name__} matches target_modules={list(config.target_modules)}; "
-                         f"its linear layers are named {candidates}")
-    if any(isinstance(m, LoraLinear) for _, m in model.named_modules()):
-        raise ValueError("the model already has LoRA layers; unload_lora(model) first")
-    model.requires_grad_(False)
-    for name, module in targets:
-        set_module(model, name, LoraLinear(module, config.r, config.alpha, config.dropout))
-    return model
+    return inject(model, config.target_modules, lambda name, m: LoraLinear(m, config.r, config.alpha, config.dropout))
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no LoRA layers: call inject_lora first")
-    return layers
+    return wrapped_layers(model, LoraLinear)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Merge every LoRA layer into its base weight (the layers stay, marked merged)."""
-    for layer in lora_layers(model).values():
-        layer.merge()
-    return model
+    return merge_layers(model, LoraLinear)
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
     """Undo :func:`merge_lora`."""
-    for layer in lora_layers(model).values():
-        layer.unmerge()
-    return model
+    return unmerge_layers(model, LoraLinear)
 
 
 def unload_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     """Put the base layers back in place of the LoRA layers, with the update merged (``merge=True``,
     PEFT's ``merge_and_unload``) or dropped (``merge=False``, the pretrained model again)."""
-    for name, layer in lora_layers(model).items():
-        if merge and not layer.merged:
-            layer.merge()
-        elif not merge and layer.merged:
-            layer.unmerge()
-        set_module(model, name, layer.base)
-    return model
+    return unload_layers(model, LoraLinear, merge)
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter: the ``lora_A`` and ``lora_B`` tensors of every LoRA layer (what an adapter file holds)."""
     lora_layers(model)
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+    return trainable_state_dict(model)
