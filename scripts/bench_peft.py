@@ -1,10 +1,10 @@
 """Training-step time of lfm_ref's parameter-efficient methods against PEFT's, on a GPT-2-shaped model
 (a report, not a test).
 
-    python scripts/bench_peft.py [--method lora|ia3|all] [--layers 6 --width 384 --seq 128 --batch 8 --steps 20]
+    python scripts/bench_peft.py [--method lora|ia3|prompt|prefix|all] [--layers 6 --width 384 --seq 128 --batch 8 --steps 20]
 
 Both libraries get the same model, targets and batch (LoRA: c_attn, c_proj and c_fc with the same rank;
-(IA)^3: c_attn and the MLP's c_proj); the time is the median of forward + backward + AdamW step over
+(IA)^3: c_attn and the MLP's c_proj; prompt and prefix tuning: 16 virtual tokens); the time is the median of forward + backward + AdamW step over
 ``--steps`` steps, after two warm-up steps, alternating the two libraries.
 """
 import argparse
@@ -15,7 +15,10 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lfm_ref.tuning import IA3Config, LoraConfig, inject_ia3, inject_lora
+from lfm_ref.tuning import IA3Config, LoraConfig, PrefixTuning, PromptTuning, inject_ia3, inject_lora
+
+
+METHODS = ["lora", "ia3", "prompt", "prefix"]
 
 
 def pair(method, base, args):
@@ -32,6 +35,14 @@ def pair(method, base, args):
         return {"lfm_ref": inject_ia3(copy.deepcopy(base), IA3Config(targets, ff)),
                 "peft": peft.get_peft_model(copy.deepcopy(base), peft.IA3Config(
                     target_modules=targets, feedforward_modules=ff, fan_in_fan_out=True))}
+    if method == "prompt":
+        return {"lfm_ref": PromptTuning(copy.deepcopy(base), n_tokens=16),
+                "peft": peft.get_peft_model(copy.deepcopy(base), peft.PromptTuningConfig(
+                    task_type="CAUSAL_LM", num_virtual_tokens=16))}
+    if method == "prefix":
+        return {"lfm_ref": PrefixTuning(copy.deepcopy(base), n_tokens=16, encoder_hidden=512),
+                "peft": peft.get_peft_model(copy.deepcopy(base), peft.PrefixTuningConfig(
+                    task_type="CAUSAL_LM", num_virtual_tokens=16, prefix_projection=True, encoder_hidden_size=512))}
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -58,15 +69,15 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--method", default="all", choices=["lora", "ia3", "all"])
+    parser.add_argument("--method", default="all", choices=METHODS + ["all"])
     args = parser.parse_args()
     torch.manual_seed(0)
     base = GPT2LMHeadModel(GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=max(1, args.width // 64),
-                                      n_positions=args.seq)).train()
+                                      n_positions=args.seq + 16)).train()
     x = torch.randint(0, base.config.vocab_size, (args.batch, args.seq))
     print(f"GPT-2 {args.layers} layers x {args.width}, batch {args.batch} x {args.seq} tokens, "
           f"{torch.get_num_threads()} threads; train step, median of {args.steps}")
-    for method in (["lora", "ia3"] if args.method == "all" else [args.method]):
+    for method in (METHODS if args.method == "all" else [args.method]):
         t = step_times(pair(method, base, args), x, args.steps)
         print(f"{method:>6}: lfm_ref {1000 * t['lfm_ref']:.1f} ms, PEFT {1000 * t['peft']:.1f} ms, "
               f"ratio {t['lfm_ref'] / t['peft']:.2f}")

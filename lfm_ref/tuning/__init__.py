@@ -5,6 +5,7 @@ from .adapters import (AdapterConfig, AdapterFusion, AdapterLayer, BottleneckAda
 from .finetune import MODES, lp_ft, select_trainable, wise_ft
 from .ia3 import IA3Config, IA3Layer, ia3_layers, inject_ia3, merge_ia3, unload_ia3, unmerge_ia3
 from .inject import trainable_state_dict
+from .prompts import HardPromptPEZ, PrefixTuning, PromptTuning, few_shot_prompt
 from .lora import (LoraConfig, LoraLinear, inject_lora, lora_layers, lora_state_dict, merge_lora, unload_lora,
                    unmerge_lora)
 
@@ -13,5 +14,6 @@ __all__ = ["AdapterConfig", "AdapterFusion", "AdapterLayer", "BottleneckAdapter"
            "MODES", "lp_ft", "select_trainable", "wise_ft",
            "IA3Config", "IA3Layer", "ia3_layers", "inject_ia3", "merge_ia3", "unload_ia3", "unmerge_ia3",
            "trainable_state_dict",
+           "HardPromptPEZ", "PrefixTuning", "PromptTuning", "few_shot_prompt",
            "LoraConfig", "LoraLinear", "inject_lora", "lora_layers", "lora_state_dict", "merge_lora", "unload_lora",
            "unmerge_lora"]

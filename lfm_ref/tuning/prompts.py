@@ -1,0 +1,170 @@
+"""Input engineering with gradients: soft prompts, prefixes, prompt encoders, and hard prompts found by
+gradient. The language model stays frozen; only what is put in front of its input is learned.
+
+- **Prompt tuning** (Lester et al., 2021, "The Power of Scale for Parameter-Efficient Prompt Tuning",
+  EMNLP; arXiv:2104.08691): ``p`` trainable vectors ``P`` are prepended to the input embeddings,
+  ``[P; E(x)]``, initialised from the embeddings of vocabulary tokens (or of a text).
+- **P-tuning** (Liu et al., 2021, "GPT Understands, Too"; arXiv:2103.10385): the prompt is the output of
+  a small prompt encoder, ``P = MLP(P')`` (reparameterisation eases optimisation).
+- **Prefix tuning** (Li & Liang, 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation",
+  ACL; arXiv:2101.00190): every attention layer gets ``p`` trainable key and value vectors,
+  ``softmax(q [K_P; K]^T) [V_P; V]``, produced during training by a reparameterisation MLP from ``p``
+  smaller vectors, ``[K_P; V_P]_l = MLP(P')``.
+- **PEZ** (Wen et al., 2023, "Hard Prompts Made Easy: Gradient-Based Discrete Optimization for Prompt
+  Tuning and Discovery", NeurIPS; arXiv:2302.03668): a soft prompt that is projected onto the nearest
+  vocabulary embeddings in every forward pass; the gradient at the projection updates the continuous
+  prompt (a straight-through estimator), and the projection is a *hard* prompt: real tokens.
+
+The wrappers take the arguments of a Hugging Face causal LM (``input_ids``, ``attention_mask``,
+``labels``) and return its output, with logits for the input positions only, so that ``lfm_ref.fit``
+and ``lfm_ref.lm`` work on them unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _check_lm(model: nn.Module, n_tokens: int) -> None:
+    if not hasattr(model, "get_input_embeddings") or not hasattr(model, "config"):
+        raise TypeError(f"expected a Hugging Face causal LM (with get_input_embeddings and config), got "
+                        f"{type(model).__name__}")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if context is not None and n_tokens >= context:
+        raise ValueError(f"a prompt of {n_tokens} tokens leaves no room in the model's context of {context} tokens")
+
+
+class _PromptedLM(nn.Module):
+    """The frozen ``model`` with ``n_tokens`` virtual tokens in front of every input."""
+
+    def __init__(self, model: nn.Module, n_tokens: int):
+        super().__init__()
+        _check_lm(model, n_tokens)
+        self.model = model.requires_grad_(False)
+        self.n_tokens = n_tokens
+        config = model.config
+        self.context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+    def _prepare(self, input_ids, attention_mask, labels):
+        b, n = input_ids.shape
+        if self.context is not None and self.n_tokens + n > self.context:
+            raise ValueError(f"{self.n_tokens} virtual tokens + an input of {n} tokens exceed the model's context "
+                             f"of {self.context} tokens")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        ones = attention_mask.new_ones(b, self.n_tokens)
+        return torch.cat([ones, attention_mask], dim=1)
+
+
+class PromptTuning(_PromptedLM):
+    """``[P; E(x)]``: ``n_tokens`` soft prompt vectors before the input embeddings (Lester et al., 2021).
+
+    ``init_ids``: token ids whose embeddings initialise ``P`` (the paper's "sampled vocabulary" or a text's
+    ids, repeated to length); random vocabulary tokens by default. ``encoder_hidden``: if set, P-tuning's
+    reparameterisation ``P = MLP(P')`` with that hidden width (Liu et al., 2021).
+    """
+
+    def __init__(self, model: nn.Module, n_tokens: int = 8, init_ids: torch.Tensor | None = None,
+                 encoder_hidden: int | None = None, seed: int = 0):
+        super().__init__(model, n_tokens)
+        table = model.get_input_embeddings().weight
+        if init_ids is None:
+            init_ids = torch.randint(0, table.shape[0], (n_tokens,), generator=torch.Generator().manual_seed(seed))
+        init_ids = torch.as_tensor(init_ids).flatten()
+        if init_ids.numel() == 0 or init_ids.min() < 0 or init_ids.max() >= table.shape[0]:
+            raise ValueError(f"init_ids must be non-empty token ids in [0, {table.shape[0]}), got {init_ids.tolist()}")
+        init_ids = init_ids.repeat(-(-n_tokens // init_ids.numel()))[:n_tokens].to(table.device)
+        self.prompt_embeddings = nn.Parameter(table[init_ids].detach().clone())
+        self.encoder = None
+        if encoder_hidden is not None:
+            d = table.shape[1]
+            self.encoder = nn.Sequential(nn.Linear(d, encoder_hidden), nn.ReLU(), nn.Linear(encoder_hidden, d)).to(
+                table.device)
+
+    def prompt(self) -> torch.Tensor:
+        """The ``(n_tokens, d)`` vectors put before the input."""
+        if self.encoder is None:
+            return self.prompt_embeddings
+        return self.prompt_embeddings + self.encoder(self.prompt_embeddings)  # residual: starts near the init
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs):
+        mask = self._prepare(input_ids, attention_mask, labels)
+        embeds = self.model.get_input_embeddings()(input_ids)
+        prompt = self.prompt().to(embeds.dtype).expand(len(input_ids), -1, -1)
+        if labels is not None:  # no loss on the virtual tokens
+            labels = torch.cat([labels.new_full((len(labels), self.n_tokens), -100), labels], dim=1)
+        out = self.model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask, labels=labels,
+                         **kwargs)
+        out.logits = out.logits[:, self.n_tokens:]  # the input positions, aligned with input_ids
+        return out
+
+
+class HardPromptPEZ(PromptTuning):
+    """PEZ (Wen et al., 2023): the forward pass sees the nearest vocabulary embeddings of the soft prompt;
+    the gradient flows straight through the projection to the soft prompt."""
+
+    def nearest_ids(self) -> torch.Tensor:
+        """The hard prompt: for each soft vector, the vocabulary token of highest cosine similarity."""
+        table = self.model.get_input_embeddings().weight
+        return (F.normalize(self.prompt_embeddings, dim=-1) @ F.normalize(table, dim=-1).T).argmax(-1)
+
+    def prompt(self) -> torch.Tensor:
+        projected = self.model.get_input_embeddings().weight[self.nearest_ids()]
+        # forward: the projected (hard) prompt; backward: the identity onto the soft prompt
+        return self.prompt_embeddings + (projected - self.prompt_embeddings).detach()
+
+
+class PrefixTuning(_PromptedLM):
+    """Trainable keys and values at every attention layer (Li & Liang, 2021), as a Hugging Face cache.
+
+    During training ``[K_P; V_P]_l = MLP(P')`` with ``P'`` of shape ``(n_tokens, d)`` (the paper's
+    reparameterisation; ``encoder_hidden=None`` learns the prefixes directly). The layout of the MLP's
+    output, ``(n_tokens, layers, 2, heads, head_dim)``, is PEFT's, so weights can be exchanged.
+    """
+
+    def __init__(self, model: nn.Module, n_tokens: int = 8, encoder_hidden: int | None = 64):
+        super().__init__(model, n_tokens)
+        config = model.config
+        self.layers = config.num_hidden_layers
+        self.heads = config.num_attention_heads
+        d = config.hidden_size
+        dev = model.get_input_embeddings().weight.device
+        out = self.layers * 2 * d
+        if encoder_hidden is None:
+            self.prefix = nn.Parameter(0.02 * torch.randn(n_tokens, out, device=dev))
+            self.encoder = None
+        else:
+            self.prefix = nn.Parameter(0.02 * torch.randn(n_tokens, d, device=dev))
+            self.encoder = nn.Sequential(nn.Linear(d, encoder_hidden), nn.Tanh(), nn.Linear(encoder_hidden, out)).to(dev)
+
+    def key_values(self) -> torch.Tensor:
+        """``(layers, 2, heads, n_tokens, head_dim)``: each layer's prefix keys (index 0) and values (1)."""
+        flat = self.prefix if self.encoder is None else self.encoder(self.prefix)
+        kv = flat.view(self.n_tokens, self.layers, 2, self.heads, -1)
+        return kv.permute(1, 2, 3, 0, 4)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs):
+        from transformers import DynamicCache
+
+        mask = self._prepare(input_ids, attention_mask, labels)
+        kv = self.key_values().to(self.model.dtype)
+        cache = DynamicCache()  # a fresh cache per call: the model appends the input's keys to it
+        b = len(input_ids)
+        for layer in range(self.layers):
+            cache.update(kv[layer, 0].expand(b, -1, -1, -1), kv[layer, 1].expand(b, -1, -1, -1), layer)
+        return self.model(input_ids=input_ids, attention_mask=mask, labels=labels, past_key_values=cache,
+                          use_cache=False, **kwargs)
+
+
+def few_shot_prompt(demonstrations, query: str, separator: str = " ") -> str:
+    """In-context learning's input: ``demo_1 answer_1 SEP ... demo_k answer_k SEP query`` from
+    ``(prompt, answer)`` pairs (Brown et al., 2020)."""
+    if isinstance(query, str) is False:
+        raise TypeError(f"query must be a string, got {type(query).__name__}")
+    parts = [f"{p} {a}" for p, a in demonstrations] + [query]
+    return separator.join(parts)
