@@ -1,0 +1,126 @@
+"""Black-box input engineering (Part I, chapter 4): the API, CMA-ES against a closed-form optimum,
+Black-Box Tuning, PromptBoosting's AdaBoost, RLPrompt's REINFORCE; no gradient ever reaches the model."""
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lfm_ref.data import FactWorld
+from lfm_ref.lm import next_token_logits
+from lfm_ref.tuning.black_box import (BlackBoxTuning, PromptPolicy, ScoreAPI, boosted_predict, cma_es,
+                                      prompt_boosting, rl_prompt)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    world = FactWorld()
+    tok = world.tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    people = world.people[:12]
+    return model, tok, people, world.cities[:5]
+
+
+def test_the_api_scores_candidates_like_the_model_and_counts_queries(lm):
+    model, tok, people, cities = lm
+    api = ScoreAPI(model, tok, cities)
+    out = api.hard(people, ["was born in", "works as a"])
+    assert out.shape == (2, 12, 5) and api.calls == 24
+    ids = [tok(" " + c, add_special_tokens=False)["input_ids"][0] for c in cities]
+    expected = next_token_logits(model, tok, [f"{p} was born in" for p in people])[:, ids].log_softmax(-1)
+    assert torch.allclose(out[0], expected, atol=1e-5)
+    # a soft prompt made of the words' embeddings is the same query as the words
+    words = tok(" was born in", add_special_tokens=False)["input_ids"]
+    soft = api.soft(people, model.get_input_embeddings().weight[words][None])
+    assert torch.allclose(soft[0], out[0], atol=1e-5) and api.calls == 36
+
+
+def test_cma_es_finds_the_minimum_of_a_shifted_ellipsoid():
+    target = torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0])
+    scales = torch.tensor([1.0, 10.0, 1.0, 100.0, 1.0])
+    mean, history = cma_es(lambda x: ((x - target) ** 2 * scales).sum(1), dim=5, generations=150, seed=0)
+    assert torch.allclose(mean, target, atol=1e-3)
+    assert history[-1] < 1e-5 < history[0]
+
+
+def test_black_box_tuning_never_gives_the_model_a_gradient(lm):
+    model, tok, people, cities = lm
+    model.requires_grad_(True)  # even trainable parameters must get no .grad through the API
+    api = ScoreAPI(model, tok, cities)
+    init = model.get_input_embeddings().weight[:3].detach()
+    bbt = BlackBoxTuning(api, init, dim=4)
+    assert torch.equal(bbt.prompts(torch.zeros(1, 4))[0], init)  # z = 0: the initial prompt
+    labels = torch.arange(12) % 5
+    history = bbt.fit(people, labels, generations=3, popsize=6, batch_size=8)
+    assert len(history) == 3 and api.calls == 3 * 6 * 8
+    assert bbt.predict(people).shape == (12,)
+    assert all(p.grad is None for p in model.parameters())
+
+
+class KeywordAPI:
+    """A fake service: the right answer gets most of the probability if the prompt contains "born"."""
+
+    candidates = ["a", "b", "c"]
+
+    def __init__(self):
+        self.calls = 0
+
+    def hard(self, texts, prompts):
+        labels = torch.tensor([int(t) for t in texts])
+        out = torch.full((len(prompts), len(texts), 3), math.log(0.25))
+        for i, p in enumerate(prompts):
+            good = math.log(0.9) if "born" in p.split() else math.log(0.5)
+            out[i, torch.arange(len(texts)), labels] = good
+        self.calls += len(prompts) * len(texts)
+        return out
+
+
+def test_rl_prompt_learns_the_rewarded_word_with_reinforce():
+    policy = PromptPolicy(["in", "born", "the", "of"], n_tokens=2)
+    texts, labels = [str(i % 3) for i in range(30)], torch.tensor([i % 3 for i in range(30)])
+    history = rl_prompt(KeywordAPI(), texts, labels, policy, steps=60, samples=8, batch_size=10, lr=0.2)
+    assert "born" in policy.greedy().split()
+    assert history[-1] > history[0]
+    idx, prompts = policy.sample(5, torch.Generator().manual_seed(0))
+    by_hand = sum(policy.logits.log_softmax(-1)[pos, idx[:, pos]] for pos in range(2))
+    assert torch.allclose(policy.log_prob(idx), by_hand)
+
+
+def test_prompt_boosting_is_samme_on_the_prompts_predictions(lm):
+    model, tok, people, cities = lm
+    api = ScoreAPI(model, tok, cities)
+    pool = ["was born in", "works as a", "is originally from the city of"]
+    labels = torch.arange(12) % 5
+    chosen, alphas = prompt_boosting(api, people, labels, pool, rounds=1)
+    errors = (api.hard(people, pool).argmax(-1) != labels).float().mean(1)  # uniform weights in round 1
+    best = int(errors.argmin())
+    assert chosen == [best]
+    assert alphas[0] == pytest.approx(math.log((1 - errors[best]) / errors[best]) + math.log(4), rel=1e-5)
+    single = api.hard(people, [pool[best]])[0].argmax(-1)
+    assert torch.equal(boosted_predict(api, people, pool, chosen, alphas), single)
+    chosen, alphas = prompt_boosting(api, people, labels, pool, rounds=3)
+    rounds = boosted_predict(api, people, pool, chosen, alphas, every_round=True)
+    assert rounds.shape == (len(chosen), 12)
+    assert torch.equal(rounds[0], api.hard(people, [pool[chosen[0]]])[0].argmax(-1))
+    assert torch.equal(rounds[-1], boosted_predict(api, people, pool, chosen, alphas))
+
+
+def test_black_box_bad_input(lm):
+    model, tok, people, cities = lm
+    with pytest.raises(ValueError, match="at least 2 candidate"):
+        ScoreAPI(model, tok, ["Rome"])
+    api = ScoreAPI(model, tok, cities)
+    with pytest.raises(ValueError, match="shape \\(P, p, 32\\)"):
+        api.soft(people, torch.zeros(3, 32))
+    with pytest.raises(ValueError, match="init_prompt must have shape"):
+        BlackBoxTuning(api, torch.zeros(3, 7))
+    with pytest.raises(ValueError, match="non-empty prompt pool"):
+        prompt_boosting(api, people, torch.zeros(12, dtype=torch.long), [], rounds=3)
+    with pytest.raises(ValueError, match="no prompt was chosen"):
+        boosted_predict(api, people, ["x"], [], [])
+    with pytest.raises(ValueError, match="dim and generations"):
+        cma_es(lambda x: x.sum(1), dim=0, generations=3)
+    with pytest.raises(ValueError, match="at least 2 words"):
+        PromptPolicy(["only"])
