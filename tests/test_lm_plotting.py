@@ -28,6 +28,22 @@ def test_lm_dataset_masks_padding_out_of_the_loss(world):
     assert (ds.tensors["input_ids"][torch.arange(5), last] == tok.eos_token_id).all()
 
 
+def test_prompt_answer_dataset_puts_only_the_answer_in_the_loss(world):
+    tok = world.tokenizer()
+    pairs = [("Fill in : a b was born in ___ . Answer :", "Kraleth"), ("Question : where ? Answer :", "Rome")]
+    data = lm.prompt_answer_dataset(tok, pairs)
+    for row, (prompt, answer) in enumerate(pairs):
+        n_prompt = len(tok(prompt)["input_ids"])
+        labels = data.tensors["labels"][row]
+        kept = labels[labels != -100].tolist()
+        assert kept == tok(f" {answer} {tok.eos_token}", add_special_tokens=False)["input_ids"]
+        assert (labels[:n_prompt] == -100).all()
+    with pytest.raises(ValueError, match="non-empty list of \\(prompt, answer\\)"):
+        lm.prompt_answer_dataset(tok, [])
+    with pytest.raises(ValueError, match="pairs"):
+        lm.prompt_answer_dataset(tok, [("only a prompt",)])
+
+
 def test_batched_next_token_logits_equal_one_by_one(tiny_gpt, world):
     """Right padding must not change a prompt's prediction."""
     model, tok = tiny_gpt

@@ -36,6 +36,16 @@ def test_k_visual_tokens_lengthen_the_sequence_and_logits_stay_aligned_with_the_
     out = model(torch.rand(2, 1, 8, 8), ids, labels=ids.masked_fill(ids == IMG, -100), output_hidden_states=True)
     assert out.hidden_states[0].shape[1] == 4 + 2
     assert out.logits.shape[:2] == ids.shape
+    # placeholders at different columns: each row equals that row alone
+    rows = torch.tensor([[5, IMG, 7, 8], [IMG, 6, 7, 9]])
+    images = torch.rand(2, 1, 8, 8)
+    both = model(images, rows).logits
+    for r in range(2):
+        assert torch.allclose(both[r], model(images[r:r + 1], rows[r:r + 1]).logits[0], atol=1e-5)
+    # and the logits kept are those of the text tokens and of the last visual token
+    embeds = lm.get_input_embeddings()(rows[1:2])
+    full = lm(inputs_embeds=torch.cat([model.visual_tokens(images[1:2]), embeds[:, 1:]], 1)).logits
+    assert torch.allclose(both[1], full[0, 2:], atol=1e-5)
 
 
 def test_only_the_projector_trains():
@@ -56,8 +66,6 @@ def test_visual_bad_input():
     model = VisualPrefixLM(vision, lm, IMG)
     with pytest.raises(ValueError, match="exactly once"):
         model(torch.rand(1, 1, 8, 8), torch.tensor([[5, 6, 7]]))
-    with pytest.raises(ValueError, match="same position"):
-        model(torch.rand(2, 1, 8, 8), torch.tensor([[IMG, 6, 7], [5, IMG, 7]]))
     with pytest.raises(ValueError, match="2 images for 1 texts"):
         model(torch.rand(2, 1, 8, 8), torch.tensor([[IMG, 6, 7]]))
     with pytest.raises(TypeError, match="features"):

@@ -8,6 +8,7 @@ from .finetune import MODES, lp_ft, select_trainable, wise_ft
 from .ia3 import IA3Config, IA3Layer, ia3_layers, inject_ia3, merge_ia3, unload_ia3, unmerge_ia3
 from .inject import trainable_state_dict
 from .prompts import HardPromptPEZ, PrefixTuning, PromptTuning, few_shot_prompt
+from .visual import VisualPrefixLM
 from .lora import (LoraConfig, LoraLinear, inject_lora, lora_layers, lora_state_dict, merge_lora, unload_lora,
                    unmerge_lora)
 
@@ -18,5 +19,6 @@ __all__ = ["AdapterConfig", "AdapterFusion", "AdapterLayer", "BottleneckAdapter"
            "IA3Config", "IA3Layer", "ia3_layers", "inject_ia3", "merge_ia3", "unload_ia3", "unmerge_ia3",
            "trainable_state_dict",
            "HardPromptPEZ", "PrefixTuning", "PromptTuning", "few_shot_prompt",
+           "VisualPrefixLM",
            "LoraConfig", "LoraLinear", "inject_lora", "lora_layers", "lora_state_dict", "merge_lora", "unload_lora",
            "unmerge_lora"]

@@ -16,7 +16,7 @@ from torch import nn
 class VisualPrefixLM(nn.Module):
     """A frozen ``vision`` model (``features(images) -> (B, d_v)``), a frozen causal ``lm``, and a trained
     two-layer MLP projector (LLaVA-1.5's) into ``n_visual`` LM embeddings that replace the token
-    ``image_token_id`` of every input."""
+    ``image_token_id`` of every input (once per input, at any position)."""
 
     def __init__(self, vision: nn.Module, lm: nn.Module, image_token_id: int, n_visual: int = 1,
                  hidden: int = 256):
@@ -57,19 +57,26 @@ class VisualPrefixLM(nn.Module):
         is_image = input_ids == self.image_token_id
         if not torch.equal(is_image.sum(1), torch.ones(len(input_ids), dtype=torch.long, device=input_ids.device)):
             raise ValueError(f"every text must hold the image placeholder (token {self.image_token_id}) exactly once")
-        col = is_image.float().argmax(1)
-        if not (col == col[0]).all():
-            raise ValueError("the image placeholder must be at the same position in every text of a batch")
-        c, k = int(col[0]), self.n_visual
-        embeds = self.lm.get_input_embeddings()(input_ids)
-        embeds = torch.cat([embeds[:, :c], self.visual_tokens(images).to(embeds.dtype), embeds[:, c + 1:]], dim=1)
+        b, n = input_ids.shape
+        k = self.n_visual
+        c = is_image.float().argmax(1)[:, None]  # each row's placeholder column, (B, 1)
+        # the new sequence, n + k - 1 long: text before the placeholder, k visual tokens, the rest of the text
+        j = torch.arange(n + k - 1, device=input_ids.device)[None]
+        visual_pos = (j >= c) & (j < c + k)
+        text_idx = torch.where(j < c, j, j - k + 1).clamp(0, n - 1)
+        text = self.lm.get_input_embeddings()(input_ids)
+        d = text.shape[-1]
+        visual = self.visual_tokens(images).to(text.dtype)
+        embeds = torch.where(visual_pos[..., None], visual.gather(1, (j - c).clamp(0, k - 1)[..., None].expand(b, -1, d)),
+                             text.gather(1, text_idx[..., None].expand(b, -1, d)))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        ones = attention_mask.new_ones(len(input_ids), k)
-        attention_mask = torch.cat([attention_mask[:, :c], ones, attention_mask[:, c + 1:]], dim=1)
+        attention_mask = torch.where(visual_pos, 1, attention_mask.gather(1, text_idx))
         if labels is not None:  # no loss on the image's positions
-            labels = torch.cat([labels[:, :c], labels.new_full((len(labels), k), -100), labels[:, c + 1:]], dim=1)
+            labels = torch.where(visual_pos, -100, labels.gather(1, text_idx))
         out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
-        # logits aligned with input_ids again: the image's k positions collapse to the placeholder's column
-        out.logits = torch.cat([out.logits[:, :c], out.logits[:, c + k - 1:]], dim=1)
+        # logits aligned with input_ids again: the placeholder's column reads the last visual token's output
+        i = torch.arange(n, device=input_ids.device)[None]
+        keep = torch.where(i < c, i, i + k - 1)
+        out.logits = out.logits.gather(1, keep[..., None].expand(b, -1, out.logits.shape[-1]))
         return out
