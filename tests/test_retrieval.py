@@ -5,8 +5,9 @@ import torch
 
 from lfm_ref.data import FactWorld
 from lfm_ref.lm import encode
-from lfm_ref.retrieval import (DenseRetriever, build_datastore, knn_lm_probs, mean_hidden, replug_log_probs,
-                               replug_lsr_loss, with_documents)
+from lfm_ref.retrieval import (DenseRetriever, build_datastore, knn_lm_probs, mean_hidden, reading_pairs,
+                               replug_log_probs,
+                               replug_lsr_loss, uprise_loss, with_documents)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,25 @@ def test_replug_lsr_loss_is_a_kl_that_vanishes_when_retrieval_matches_the_lm():
     assert loss.item() == pytest.approx((p * (p.log() - q.log())).sum().item(), rel=1e-5)
     loss.backward()
     assert scores.grad[0, 0] < 0  # the retriever is pushed towards the document the LM liked
+
+
+def test_uprise_loss_makes_the_most_helpful_prompt_the_positive():
+    scores = torch.tensor([[0.0, 1.0, 0.5]], requires_grad=True)
+    reader = torch.tensor([[-3.0, -2.0, -0.1]])  # the third prompt helps the LM most
+    loss = uprise_loss(scores, reader)
+    assert loss.item() == pytest.approx(-scores.log_softmax(-1)[0, 2].item(), rel=1e-6)
+    loss.backward()
+    assert scores.grad[0, 2] < 0 < scores.grad[0, 1]
+
+
+def test_reading_pairs_teach_reading_not_memory():
+    pairs = reading_pairs(WORLD, 200, seed=0)
+    held = {f.subject for f in WORLD.split("held_out")} - {f.subject for f in WORLD.split("train")}
+    assert len(pairs) == 200 and not any(any(s in text for s in held) for text, _ in pairs)
+    # the answer is always the object stated by the document at the start of the text
+    assert all(f" {answer} " in f" {text.split(' . ')[0]} " for text, answer in pairs)
+    false = sum(not any(f.subject in text and f.object == answer for f in WORLD.facts) for text, answer in pairs)
+    assert 0.3 < false / 200 < 0.7
 
 
 def test_retrieval_bad_input(lm):

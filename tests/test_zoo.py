@@ -8,7 +8,7 @@ from lfm_ref.data import digits_task
 
 
 def test_names_and_info():
-    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-vit", "tiny-vit-flip", "tiny-vit-invert", "tiny-vit-rot90",
+    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-gpt-reader", "tiny-vit", "tiny-vit-flip", "tiny-vit-invert", "tiny-vit-rot90",
                            "tiny-vit-shift"]
     meta = zoo.info("tiny-gpt")
     assert meta["history"] and meta["metrics"]["train_recall"] >= 0.9
@@ -26,6 +26,21 @@ def test_tiny_gpt_is_a_real_gpt2_and_knows_its_facts(tiny_gpt, world):
     assert held <= train - 0.5, f"held-out recall {held:.1%} is not clearly below train recall {train:.1%}"
     # the numbers recorded at build time are the numbers the shipped weights give
     assert train == pytest.approx(zoo.info("tiny-gpt")["metrics"]["train_recall"], abs=1e-6)
+
+
+def test_tiny_gpt_reader_answers_from_the_document_in_front_of_the_question(world):
+    from lfm_ref.data.facts import Fact
+
+    model, tok = zoo.load("tiny-gpt-reader", device="cpu")
+    held = world.split("held_out")
+    with_doc = lm.next_token_accuracy(model, tok, [f"{f.sentence(0)} {f.prompt(1)}" for f in held], [f.object for f in held])
+    assert with_doc >= 0.9, f"the reader answers only {with_doc:.1%} of held-out facts with their document"
+    assert with_doc == pytest.approx(zoo.info("tiny-gpt-reader")["metrics"]["held_out_with_document"], abs=1e-6)
+    # it reads rather than remembers: a false document wins over what tiny-gpt learned
+    facts = world.split("train")[:100]
+    other = [Fact(f.subject, f.relation, next(o for o in world.objects(f.relation) if o != f.object)) for f in facts]
+    follows = lm.next_token_accuracy(model, tok, [f"{c.sentence(1)} {c.prompt(0)}" for c in other], [c.object for c in other])
+    assert follows >= 0.9
 
 
 @pytest.mark.parametrize("name", ["tiny-cnn", "tiny-vit"])
@@ -89,7 +104,7 @@ def test_hf_gpt2_config_loads_through_zoo(tmp_path, tiny_gpt):
 
 
 def test_unknown_names_are_clear_errors():
-    with pytest.raises(ValueError, match=r"Did you mean 'tiny-gpt'\?.*\['tiny-cnn', 'tiny-gpt', 'tiny-vit', "):
+    with pytest.raises(ValueError, match=r"Did you mean 'tiny-gpt'\?.*\['tiny-cnn', 'tiny-gpt', 'tiny-gpt-reader', 'tiny-vit', "):
         zoo.load("tiny-gtp")
     with pytest.raises(ValueError, match=r"not a zoo model \(known: \['tiny-cnn'"):
         zoo.load("no-such-org/no-such-model")

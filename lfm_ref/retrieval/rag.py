@@ -9,6 +9,10 @@
   arXiv:2301.12652): an ensemble over the top-k documents, ``p(y | x) = sum_d softmax(s)_d p_LM(y | [d; x])``,
   and **REPLUG LSR**, which trains the retriever from the LM's likelihoods:
   ``min KL(P_R(d | x) || Q_LM(d | x, y))``, ``P_R = softmax(s / gamma)``, ``Q_LM = softmax(log p_LM(y | [d; x]) / beta)``.
+- **UPRISE** (Cheng et al., 2023, "UPRISE: Universal Prompt Retrieval for Improving Zero-Shot
+  Evaluation", EMNLP; arXiv:2303.08518): a retriever of prompts for a *frozen* LM, trained on some
+  task types and used on others; the candidate that most raises the LM's likelihood of the answer is
+  the positive, the others negatives (a cross-entropy over the retrieval scores).
 - **REALM** (Guu et al., 2020, "REALM: Retrieval-Augmented Language Model Pre-Training", ICML;
   arXiv:2002.08909): retriever and reader trained together by the marginal likelihood
   ``log p(y | x) = log sum_z p(z | x) p(y | z, x)``, whose gradient pushes each retrieval score by
@@ -22,6 +26,29 @@ import torch
 from torch import nn
 
 from ..lm import encode, target_ids
+
+
+def reading_pairs(world, n: int, seed: int = 0, counterfactual: float = 0.5) -> list[tuple[str, str]]:
+    """``(document + " " + question, answer)`` pairs that teach a language model to *read*: the document is
+    a fact's sentence in one template, the question its prompt in another, and with probability
+    ``counterfactual`` the document states a different object, which is then the answer, so that
+    memory cannot replace reading. Only the world's training facts are used."""
+    import random
+
+    from ..data.facts import N_PRETRAIN_TEMPLATES, Fact
+
+    if not 0 <= counterfactual <= 1:
+        raise ValueError(f"counterfactual must lie in [0, 1], got {counterfactual}")
+    rng = random.Random(seed)
+    facts = world.split("train")
+    pairs = []
+    for _ in range(n):
+        fact = rng.choice(facts)
+        if rng.random() < counterfactual:
+            fact = Fact(fact.subject, fact.relation, rng.choice([o for o in world.objects(fact.relation) if o != fact.object]))
+        doc_t, query_t = rng.randrange(N_PRETRAIN_TEMPLATES), rng.randrange(N_PRETRAIN_TEMPLATES)
+        pairs.append((f"{fact.sentence(doc_t)} {fact.prompt(query_t)}", fact.object))
+    return pairs
 
 
 def mean_hidden(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -93,6 +120,15 @@ def replug_log_probs(reader_log_probs: torch.Tensor, retrieval_scores: torch.Ten
         raise ValueError(f"reader log-probs {tuple(reader_log_probs.shape)} and retrieval scores "
                          f"{tuple(retrieval_scores.shape)} must both be (queries, k)")
     return torch.logsumexp(retrieval_scores.log_softmax(-1) + reader_log_probs, dim=-1)
+
+
+def uprise_loss(retrieval_scores: torch.Tensor, reader_log_probs: torch.Tensor) -> torch.Tensor:
+    """UPRISE: cross-entropy of the retrieval scores ``(B, k)`` towards the candidate whose prompt gives the
+    frozen LM the highest likelihood of the answer."""
+    if reader_log_probs.shape != retrieval_scores.shape:
+        raise ValueError(f"reader log-probs {tuple(reader_log_probs.shape)} and retrieval scores "
+                         f"{tuple(retrieval_scores.shape)} must both be (queries, k)")
+    return nn.functional.cross_entropy(retrieval_scores, reader_log_probs.detach().argmax(-1))
 
 
 def replug_lsr_loss(retrieval_scores: torch.Tensor, reader_log_probs: torch.Tensor, gamma: float = 1.0,
