@@ -115,12 +115,25 @@ def test_lora_matches_peft_on_linear_layers():
     assert torch.allclose(ours(x), theirs(x), atol=1e-5)
 
 
+def test_target_modules_as_a_regular_expression_as_in_peft():
+    base = tiny_gpt2()
+    model = inject_lora(copy.deepcopy(base), LoraConfig(target_modules=r".*\.0\.(attn\.c_attn|mlp\.c_fc)", r=2))
+    assert sorted(lora_layers(model)) == ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc"]
+    by_suffix = inject_lora(copy.deepcopy(base), LoraConfig(target_modules=["c_attn"], r=2))
+    by_regex = inject_lora(copy.deepcopy(base), LoraConfig(target_modules=r".*c_attn", r=2))
+    assert sorted(lora_layers(by_suffix)) == sorted(lora_layers(by_regex))
+
+
 def test_lora_bad_input():
     base = tiny_gpt2()
     with pytest.raises(ValueError, match="its linear layers are named .*c_attn"):
         inject_lora(base, LoraConfig(target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="non-empty list"):
-        LoraConfig(target_modules="c_attn")
+        LoraConfig(target_modules=[])
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        LoraConfig(target_modules="c_attn[")
+    with pytest.raises(ValueError, match="no module of GPT2LMHeadModel matches"):
+        inject_lora(copy.deepcopy(base), LoraConfig(target_modules=r".*\.q_proj"))
     with pytest.raises(ValueError, match="positive int"):
         LoraConfig(target_modules=["c_attn"], r=0)
     with pytest.raises(ValueError, match="exceeds"):

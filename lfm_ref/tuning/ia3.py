@@ -35,7 +35,7 @@ class IA3Config:
         targets = check_targets(self.target_modules)
         if isinstance(self.feedforward_modules, str):
             raise ValueError(f"feedforward_modules must be a list of names, got {self.feedforward_modules!r}")
-        stray = [f for f in self.feedforward_modules if f not in targets]
+        stray = [] if isinstance(targets, str) else [f for f in self.feedforward_modules if f not in targets]
         if stray:
             raise ValueError(f"feedforward_modules must be a subset of target_modules {targets}; not in it: {stray}")
 

@@ -6,6 +6,7 @@ adapters) defines only its layer and calls these.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Callable, Sequence
 
 from torch import nn
@@ -39,14 +40,25 @@ class WrappedLayer(nn.Module):
         raise TypeError(f"{type(self).__name__} cannot be merged, so it cannot be unmerged")
 
 
-def check_targets(target_modules) -> list[str]:
-    if isinstance(target_modules, str) or not target_modules:
-        raise ValueError(f"target_modules must be a non-empty list of module names, got {target_modules!r}")
+def check_targets(target_modules) -> list[str] | str:
+    """A non-empty list of names (or name suffixes), or one regular expression (a string), as in PEFT."""
+    if isinstance(target_modules, str):
+        try:
+            re.compile(target_modules)
+        except re.error as err:
+            raise ValueError(f"target_modules {target_modules!r} is not a valid regular expression: {err}") from err
+        return target_modules
+    if not target_modules or not all(isinstance(t, str) for t in target_modules):
+        raise ValueError(f"target_modules must be a non-empty list of module names or a regular expression, "
+                         f"got {target_modules!r}")
     return list(target_modules)
 
 
-def matches(name: str, targets: Sequence[str]) -> bool:
-    """``name`` is a target, or ends with ``"." + target`` (``"c_attn"`` matches every ``h.3.attn.c_attn``)."""
+def matches(name: str, targets: Sequence[str] | str) -> bool:
+    """A list: ``name`` is a target or ends with ``"." + target`` (``"c_attn"`` matches every
+    ``h.3.attn.c_attn``). A string: a regular expression that must match the whole name."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
@@ -60,7 +72,8 @@ def inject(model: nn.Module, target_modules: Sequence[str], wrap: Callable[[str,
         wrong = [f"{n} ({type(m).__name__})" for n, m in found if not (isinstance(m, nn.Linear) or is_conv1d(m))]
         if wrong:
             raise TypeError(f"target_modules must name nn.Linear or Conv1D layers; these are not: {wrong}")
-    missing = [t for t in targets if not any(matches(n, [t]) for n, _ in found)]
+    missing = [targets] if isinstance(targets, str) and not found else [
+        t for t in ([] if isinstance(targets, str) else targets) if not any(matches(n, [t]) for n, _ in found)]
     if missing:
         names = {n for n, _ in model.named_modules() if n} | {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
         close = {t: difflib.get_close_matches(t, sorted(names), n=4, cutoff=0.5) for t in missing}

@@ -29,8 +29,8 @@ from .inject import (WrappedLayer, check_targets, inject, linear_features, merge
 @dataclass
 class LoraConfig:
     """``r``: rank; ``alpha``: scale (the update is multiplied by ``alpha / r``); ``target_modules``: module
-    names or name suffixes to adapt (``"c_attn"`` matches every ``...attn.c_attn``); ``dropout`` on the
-    adapter's input."""
+    names or name suffixes to adapt (``"c_attn"`` matches every ``...attn.c_attn``), or one regular
+    expression matched against whole names (``r".*\.[0-1]\.attn\.c_attn"``); ``dropout`` on the adapter's input."""
     target_modules: Sequence[str] = field(default_factory=list)
     r: int = 8
     alpha: float = 16.0
