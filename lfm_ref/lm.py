@@ -63,6 +63,13 @@ def target_ids(tokenizer, targets: Sequence[str]) -> torch.Tensor:
     return torch.tensor([tokenizer(" " + t, add_special_tokens=False)["input_ids"][0] for t in _check_texts(targets, "targets")])
 
 
+def at_last_token(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``values[i, t_i]`` with ``t_i`` the last real (unpadded) position of row ``i`` of a right-padded batch:
+    the position whose output predicts the token that follows the text."""
+    last = attention_mask.sum(1) - 1
+    return values[torch.arange(len(values), device=values.device), last.to(values.device)]
+
+
 @torch.no_grad()
 def next_token_logits(model, tokenizer, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Logits of the token that follows each prompt, shape ``(len(prompts), vocab)``."""
@@ -73,9 +80,7 @@ def next_token_logits(model, tokenizer, prompts: Sequence[str], batch_size: int 
     for start in range(0, len(prompts), batch_size):
         ids = batch["input_ids"][start:start + batch_size].to(dev)
         mask = batch["attention_mask"][start:start + batch_size].to(dev)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        last = mask.sum(1) - 1  # right padding: the last real token of each row
-        out.append(logits[torch.arange(len(ids), device=dev), last])
+        out.append(at_last_token(model(input_ids=ids, attention_mask=mask).logits, mask))
     return torch.cat(out)
 
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..lm import encode
+from ..lm import at_last_token, encode
 
 
 @dataclass
@@ -58,9 +58,8 @@ def knn_lm_probs(model, tokenizer, prompts: Sequence[str], datastore: Datastore,
     dev = next(model.parameters()).device
     batch = {key: v.to(dev) for key, v in encode(tokenizer, prompts).items()}
     hidden, logits = _last_hidden(model, batch)
-    last = batch["attention_mask"].sum(1) - 1
-    rows = torch.arange(len(prompts), device=dev)
-    query, p_lm = hidden[rows, last], logits[rows, last].softmax(-1)
+    query = at_last_token(hidden, batch["attention_mask"])
+    p_lm = at_last_token(logits, batch["attention_mask"]).softmax(-1)
     keys = datastore.keys.to(dev)
     dist = torch.cdist(query, keys).pow(2)  # (B, N) squared L2, as in the paper
     near, idx = dist.topk(k, largest=False)

@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..lm import encode, target_ids
+from ..lm import at_last_token, encode, target_ids
 
 
 def reading_pairs(world, n: int, seed: int = 0, counterfactual: float = 0.5) -> list[tuple[str, str]]:
@@ -102,9 +102,7 @@ def answer_log_probs(model, tokenizer, texts: Sequence[str], answers: Sequence[s
     """``log p(answer | text)`` for the answer's first token, differentiable (the reader's term)."""
     dev = next(model.parameters()).device
     batch = {k: v.to(dev) for k, v in encode(tokenizer, texts).items()}
-    logits = model(**batch).logits
-    last = batch["attention_mask"].sum(1) - 1
-    logp = logits[torch.arange(len(texts), device=dev), last].log_softmax(-1)
+    logp = at_last_token(model(**batch).logits, batch["attention_mask"]).log_softmax(-1)
     return logp.gather(1, target_ids(tokenizer, answers).to(dev)[:, None]).squeeze(1)
 
 

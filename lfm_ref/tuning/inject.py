@@ -62,18 +62,19 @@ def matches(name: str, targets: Sequence[str] | str) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def inject(model: nn.Module, target_modules: Sequence[str], wrap: Callable[[str, nn.Module], WrappedLayer],
-           linear_only: bool = True) -> nn.Module:
+def inject(model: nn.Module, target_modules: Sequence[str] | str,
+           wrap: Callable[[str, nn.Module], WrappedLayer]) -> nn.Module:
     """Freeze ``model`` and replace (in place) every module whose name matches ``target_modules`` by
     ``wrap(name, module)``. A target that matches nothing raises a ValueError listing close names."""
     targets = check_targets(target_modules)
     found = [(n, m) for n, m in model.named_modules() if n and matches(n, targets)]
-    if linear_only:
-        wrong = [f"{n} ({type(m).__name__})" for n, m in found if not (isinstance(m, nn.Linear) or is_conv1d(m))]
-        if wrong:
-            raise TypeError(f"target_modules must name nn.Linear or Conv1D layers; these are not: {wrong}")
-    missing = [targets] if isinstance(targets, str) and not found else [
-        t for t in ([] if isinstance(targets, str) else targets) if not any(matches(n, [t]) for n, _ in found)]
+    wrong = [f"{n} ({type(m).__name__})" for n, m in found if not (isinstance(m, nn.Linear) or is_conv1d(m))]
+    if wrong:
+        raise TypeError(f"target_modules must name nn.Linear or Conv1D layers; these are not: {wrong}")
+    if isinstance(targets, str):
+        missing = [] if found else [targets]
+    else:
+        missing = [t for t in targets if not any(matches(n, [t]) for n, _ in found)]
     if missing:
         names = {n for n, _ in model.named_modules() if n} | {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
         close = {t: difflib.get_close_matches(t, sorted(names), n=4, cutoff=0.5) for t in missing}

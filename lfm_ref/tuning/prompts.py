@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _check_lm(model: nn.Module, n_tokens: int) -> None:
+def _check_lm(model: nn.Module, n_tokens: int) -> int | None:
+    """Check the model and the prompt length; return the model's context length (None if it has none)."""
     if not hasattr(model, "get_input_embeddings") or not hasattr(model, "config"):
         raise TypeError(f"expected a Hugging Face causal LM (with get_input_embeddings and config), got "
                         f"{type(model).__name__}")
@@ -35,6 +36,7 @@ def _check_lm(model: nn.Module, n_tokens: int) -> None:
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if context is not None and n_tokens >= context:
         raise ValueError(f"a prompt of {n_tokens} tokens leaves no room in the model's context of {context} tokens")
+    return context
 
 
 class _PromptedLM(nn.Module):
@@ -42,13 +44,11 @@ class _PromptedLM(nn.Module):
 
     def __init__(self, model: nn.Module, n_tokens: int):
         super().__init__()
-        _check_lm(model, n_tokens)
+        self.context = _check_lm(model, n_tokens)
         self.model = model.requires_grad_(False)
         self.n_tokens = n_tokens
-        config = model.config
-        self.context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
-    def _prepare(self, input_ids, attention_mask, labels):
+    def _prepare(self, input_ids, attention_mask):
         b, n = input_ids.shape
         if self.context is not None and self.n_tokens + n > self.context:
             raise ValueError(f"{self.n_tokens} virtual tokens + an input of {n} tokens exceed the model's context "
@@ -92,7 +92,7 @@ class PromptTuning(_PromptedLM):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
-        mask = self._prepare(input_ids, attention_mask, labels)
+        mask = self._prepare(input_ids, attention_mask)
         embeds = self.model.get_input_embeddings()(input_ids)
         prompt = self.prompt().to(embeds.dtype).expand(len(input_ids), -1, -1)
         if labels is not None:  # no loss on the virtual tokens
@@ -151,7 +151,7 @@ class PrefixTuning(_PromptedLM):
                 labels: torch.Tensor | None = None, **kwargs):
         from transformers import DynamicCache
 
-        mask = self._prepare(input_ids, attention_mask, labels)
+        mask = self._prepare(input_ids, attention_mask)
         kv = self.key_values().to(self.model.dtype)
         cache = DynamicCache()  # a fresh cache per call: the model appends the input's keys to it
         b = len(input_ids)
@@ -164,7 +164,7 @@ class PrefixTuning(_PromptedLM):
 def few_shot_prompt(demonstrations, query: str, separator: str = " ") -> str:
     """In-context learning's input: ``demo_1 answer_1 SEP ... demo_k answer_k SEP query`` from
     ``(prompt, answer)`` pairs (Brown et al., 2020)."""
-    if isinstance(query, str) is False:
+    if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
     parts = [f"{p} {a}" for p, a in demonstrations] + [query]
     return separator.join(parts)
