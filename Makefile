@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test unit notebooks book bench-notebooks strip-outputs zoo clean
+.PHONY: setup test floors unit notebooks book bench-notebooks strip-outputs zoo clean
 
 setup: $(VENV)/.installed
 
@@ -37,10 +37,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "mergekit>=0.1.5"
 	touch $@
 
-## test: unit tests of lfm_ref plus nbval over every chapter, spread over the cores
+## test: unit tests of lfm_ref plus nbval over every chapter, spread over the cores, then the floors check
 test: setup
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope \
 		--nbval-lax --nbval-current-env tests notebooks
+	$(MAKE) floors
+
+## floors: the zoo and language-model tests on the declared floors of transformers and tokenizers
+floors: setup
+	OMP_NUM_THREADS=$(PYTEST_WORKERS) MKL_NUM_THREADS=$(PYTEST_WORKERS) $(BIN)/python scripts/check_floors.py
 
 unit: setup
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) tests
@@ -67,4 +72,4 @@ zoo: setup
 	$(BIN)/python -m lfm_ref.zoo build
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build .pytest_cache .venv-floors

@@ -247,5 +247,8 @@ class FactWorld:
         # joins words with single spaces and nothing else, so decode(encode(text)) == text (no clean-up of
         # the space before punctuation, which would glue "Kraleth ." into the unknown word "Kraleth.")
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+        # GPT-2 has no token types: without this, transformers 4.x returns token_type_ids, which GPT-2
+        # adds to its inputs as embeddings of token 0 and so changes every prediction
         return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                       eos_token="<eos>", bos_token="<eos>", clean_up_tokenization_spaces=False)
+                                       eos_token="<eos>", bos_token="<eos>", clean_up_tokenization_spaces=False,
+                                       model_input_names=["input_ids", "attention_mask"])

@@ -156,6 +156,7 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
         model, tokenizer = built
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        _portable_tokenizer_config(out)
         config = model.config.to_diff_dict()
     else:
         from safetensors.torch import save_file
@@ -168,6 +169,20 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
             "history": [round(x, 5) for x in history]}
     (out / META).write_text(json.dumps(meta, indent=1, default=str))
     return out
+
+
+def _portable_tokenizer_config(folder: Path) -> None:
+    """Name the tokenizer class that every supported transformers release knows.
+
+    transformers 5 records ``TokenizersBackend``, a class 4.x lacks; ``PreTrainedTokenizerFast`` is
+    the same tokenizer in both (5.x keeps it as an alias), so the shipped folders load on the floor.
+    """
+    file = folder / "tokenizer_config.json"
+    config = json.loads(file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("is_local", "local_files_only"):  # where this copy was loaded from, not the tokenizer
+        config.pop(key, None)
+    file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _find(name: str) -> Path | None:
