@@ -3,8 +3,11 @@
 ``load("tiny-gpt")`` returns ``(model, tokenizer)``: a Hugging Face ``GPT2LMHeadModel`` pretrained on the
 fact world, with the world's word-level tokenizer. ``load("tiny-cnn")`` and ``load("tiny-vit")`` return
 digits classifiers. Any other name is handed to Hugging Face's ``from_pretrained`` (a hub id such as
-``"gpt2"`` in Colab, or a folder written by ``save_pretrained``) and returns ``(model, tokenizer)`` too:
-the zoo's language model is loaded by exactly that path, so code written for it runs on real models.
+``"gpt2"`` in Colab, or a folder written by ``save_pretrained``): a language model comes back as
+``(model, tokenizer)``, the zoo's own TinyGPT by exactly that path, so code written for it runs on
+real models; an image classifier comes back as an :class:`HFImageClassifier` that takes the book's
+digits. :func:`load_real` is the chapters' "On a real model" loader: it loads one of
+:data:`REAL_MODELS` when ``SCALE == "real"`` and a hub is reachable, and says why not otherwise.
 
 Weights ship with the package (``lfm_ref/zoo/weights``) and are rebuilt, deterministically, by
 ``python -m lfm_ref.zoo build``. If they are missing, the first ``load`` builds them into a cache
@@ -12,16 +15,19 @@ folder (``$LFM_REF_CACHE`` or ``~/.cache/lfm_ref``) under a file lock, so parall
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
 from ..utils import count_parameters, device as default_device, seed_everything
-from .models import TinyCNN, TinyViT
+from .models import HFImageClassifier, TinyCNN, TinyViT
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 META = "meta.json"
@@ -222,11 +228,12 @@ def _check_zoo_name(name: str) -> None:
         raise ValueError(f"unknown zoo model {name!r}.{hint} Known zoo models: {names()}")
 
 
-def load(name: str, device: torch.device | str | None = None):
+def load(name: str, device: torch.device | str | None = None, num_labels: int | None = None):
     """Load a model: a zoo name, a Hugging Face hub id, or a folder saved with ``save_pretrained``.
 
     Returns ``(model, tokenizer)`` for language models and the model alone for the vision models,
-    in eval mode on ``device`` (default: :func:`lfm_ref.utils.device`).
+    in eval mode on ``device`` (default: :func:`lfm_ref.utils.device`). ``num_labels`` gives a Hugging
+    Face image classifier a new, freshly initialised head of that many classes (e.g. 10 for digits).
     """
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"model name must be a string or a path, got {type(name).__name__}")
@@ -243,26 +250,109 @@ def load(name: str, device: torch.device | str | None = None):
         return _from_pretrained(path(name), dev)
     if not os.path.isdir(name) and (name.startswith("tiny-") or difflib.get_close_matches(name, ZOO, n=1, cutoff=0.75)):
         _check_zoo_name(name)  # a misspelt zoo name: fail here, before any network access
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1):
+        raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
     try:
-        return _from_pretrained(name, dev)
+        return _from_pretrained(name, dev, num_labels)
     except (OSError, ValueError) as err:
         raise ValueError(f"{name!r} is not a zoo model (known: {names()}) and could not be loaded with "
                          f"from_pretrained as a Hugging Face id or a local folder: {err}") from err
 
 
-def _from_pretrained(where, dev: torch.device):
-    """The real loading path, the same for the zoo's TinyGPT and for GPT-2 from the hub."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@contextlib.contextmanager
+def _no_progress_bars():
+    """Hugging Face's "loading weights" / "writing shards" bars would clutter every chapter."""
     from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(where)
-    if tokenizer.pad_token is None:  # GPT-2 ships without one; batching needs it
-        tokenizer.pad_token = tokenizer.eos_token
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "loading weights" bar per call would clutter every chapter
+    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(where)
+        yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(where, dev: torch.device, num_labels: int | None = None):
+    """The real loading path, the same for the zoo's TinyGPT and for GPT-2 from the hub."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(where)
+    if any(a.endswith("ForImageClassification") for a in (config.architectures or [])):
+        return _image_classifier(where, dev, num_labels)
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    if tokenizer.pad_token is None:  # GPT-2 ships without one; batching needs it
+        tokenizer.pad_token = tokenizer.eos_token
+    with _no_progress_bars():
+        model = AutoModelForCausalLM.from_pretrained(where)
     return model.to(dev).eval(), tokenizer
+
+
+def _image_classifier(where, dev: torch.device, num_labels: int | None) -> HFImageClassifier:
+    """A Hugging Face image classifier behind the zoo's vision interface (see :class:`HFImageClassifier`)."""
+    from transformers import AutoModelForImageClassification
+    from transformers.utils import cached_file
+
+    head = {} if num_labels is None else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+    with _no_progress_bars():
+        model = AutoModelForImageClassification.from_pretrained(where, **head)
+    # the checkpoint's preprocessing, read from its file (an AutoImageProcessor would want PIL/torchvision)
+    found = cached_file(where, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    processor = json.loads(Path(found).read_text()) if found else {}
+    size = processor.get("crop_size") or processor.get("size") or getattr(model.config, "image_size", 224)
+    if isinstance(size, dict):
+        size = size.get("height") or size.get("shortest_edge")
+    mean, std = processor.get("image_mean", [0.5] * 3), processor.get("image_std", [0.5] * 3)
+    return HFImageClassifier(model, image_size=size, mean=mean, std=std).to(dev).eval()
+
+
+def save(folder: str | os.PathLike, model, tokenizer=None) -> Path:
+    """``save_pretrained`` for a model (and its tokenizer), without progress bars; ``load(folder)`` reverses it."""
+    folder = Path(folder)
+    with _no_progress_bars():
+        model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ----- real models for the chapters' "On a real model" sections ---------------------------------
+# One checkpoint per kind, each the real counterpart of a zoo model (the README's SCALE table):
+REAL_MODELS = {
+    "gpt2": "openai-community/gpt2",             # GPT-2 small, 124 M parameters: TinyGPT's class
+    "vit": "google/vit-base-patch16-224",        # ViT-B/16, 86 M: tiny-vit's counterpart
+    "resnet": "microsoft/resnet-18",             # ResNet-18 with BatchNorm, 12 M: tiny-cnn's counterpart
+}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached now (``HF_HUB_OFFLINE=1`` means no)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_real(kind: str, scale: str, device: torch.device | str | None = None, num_labels: int | None = None):
+    """The real model of ``kind`` (a key of :data:`REAL_MODELS`) when ``scale == "real"``, else ``None``.
+
+    Prints why it returns ``None``: the chapter runs at ``SCALE = "tiny"``, or no hub is reachable
+    (offline, as in the book build and CI). A local folder in :data:`REAL_MODELS` needs no hub, which is
+    how the tests run every chapter's real-model section on config-built models of the same classes.
+    """
+    if kind not in REAL_MODELS:
+        raise ValueError(f"unknown real model kind {kind!r}; known: {sorted(REAL_MODELS)}")
+    if scale not in ("tiny", "real"):
+        raise ValueError(f"scale must be 'tiny' or 'real', got {scale!r}")
+    where = os.fspath(REAL_MODELS[kind])
+    if scale != "real":
+        print(f'SCALE = "{scale}": skipped. Set SCALE = "real" in the first cell to run this on {where}.')
+        return None
+    if not os.path.isdir(where) and not hub_reachable():
+        print(f"No Hugging Face hub is reachable (offline): skipped loading {where}.")
+        return None
+    return load(where, device=device, num_labels=num_labels)

@@ -2,10 +2,13 @@
 
 Both are plain ``nn.Module``s built from ``nn.Linear``/``nn.Conv2d`` layers with readable names,
 so that the book's methods (LoRA, merging, distillation, editing) can address them by name.
+:class:`HFImageClassifier` puts a Hugging Face image classifier (a real ViT, a ResNet) behind the same
+interface, so the chapters' "On a real model" sections feed it the same digits.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -112,3 +115,28 @@ class TinyMLP(nn.Module):
         if x.shape[-2:] != (size, size):
             raise ValueError(f"TinyMLP expects images of size {size}x{size}, got shape {tuple(x.shape)}")
         return self.head(self.body(x))
+
+
+class HFImageClassifier(nn.Module):
+    """A Hugging Face image classifier seen as the zoo's vision models are: images in ``[0, 1]`` -> logits.
+
+    ``x`` of shape ``(B, C, H, W)`` with one or three channels is resized to the model's input size
+    (bilinear), given three channels and normalised with the checkpoint's own mean and std; the wrapped
+    model is ``.model`` (its parameters keep their Hugging Face names under the ``model.`` prefix).
+    """
+
+    def __init__(self, model: nn.Module, image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+        super().__init__()
+        self.model = model
+        self.image_size = int(image_size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] not in (1, 3):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"HFImageClassifier expects images of shape (B, 1 or 3, H, W), got {got}")
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = x.expand(-1, 3, -1, -1)                       # (B, 1, S, S) -> (B, 3, S, S): grey as RGB
+        return self.model(pixel_values=(x - self.mean) / self.std).logits
