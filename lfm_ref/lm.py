@@ -16,6 +16,18 @@ def _check_texts(texts, what: str = "texts") -> list[str]:
     return list(texts)
 
 
+def name_causal_lm_loss(model):
+    """Record on ``model`` that its loss is the causal-LM loss, and return it.
+
+    transformers 5 infers a model's loss from its class name; ``GPT2LMHeadModel`` names none, so every
+    chapter would print that ``loss_type=None`` is unrecognised and that it falls back to the causal-LM
+    loss. That fallback is the right loss: saying so up front changes nothing but the noise.
+    """
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+    return model
+
+
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 

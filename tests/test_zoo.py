@@ -146,3 +146,50 @@ def test_zoo_models_run_on_cuda(world):
     assert lm.fact_recall(model, tok, world.split("train")) >= 0.9
     cnn = zoo.load("tiny-cnn", device="cuda")
     assert evaluate(cnn, digits_task("digits", "test")) >= 0.95
+
+
+def test_shipped_tokenizers_load_on_every_supported_transformers():
+    """transformers 5 saves ``TokenizersBackend``, a class 4.x lacks; the shipped configs name the class
+    both know and no token types (GPT-2 would add token 0's embedding to every position through them)."""
+    for name in ("tiny-gpt", "tiny-gpt-reader"):
+        config = json.loads((zoo.path(name) / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+        assert config["model_input_names"] == ["input_ids", "attention_mask"]
+        assert "is_local" not in config
+
+
+def test_a_rebuilt_tokenizer_is_saved_portable(tmp_path, world):
+    world.tokenizer().save_pretrained(tmp_path)
+    zoo._portable_tokenizer_config(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "token_type_ids" not in config["model_input_names"]
+
+
+def test_info_prints_without_its_loss_history():
+    card = zoo.info("tiny-cnn")
+    assert isinstance(card, dict) and len(card["history"]) > 100  # the values are all there ...
+    assert "loss values>" in repr(card) and len(repr(card)) < 600  # ... but not in what a cell shows
+
+
+def test_zoo_list_aligns_its_columns(capsys):
+    from lfm_ref.zoo.__main__ import main
+
+    main(["list"])
+    lines = capsys.readouterr().out.splitlines()
+    about = {line.index(zoo.ZOO[name]["about"]) for line, name in zip(lines[::2], zoo.names())}
+    metrics = {len(line) - len(line.lstrip()) for line in lines[1::2]}
+    assert len(lines) == 2 * len(zoo.names()) and len(about) == 1 and metrics == about
+
+
+def test_build_writes_to_the_user_cache_outside_a_checkout(monkeypatch, tmp_path):
+    assert zoo.default_build_dir() == zoo.PACKAGE_WEIGHTS  # this checkout: `make zoo` updates what ships
+    monkeypatch.setattr(zoo, "_source_checkout", lambda: False)  # as after `pip install lfm_ref`
+    monkeypatch.setenv("LFM_REF_CACHE", str(tmp_path))
+    assert zoo.default_build_dir() == tmp_path / "zoo"
+
+
+def test_loading_a_gpt2_names_its_loss(tiny_gpt, caplog):
+    model, tok = tiny_gpt
+    assert model.loss_type == "ForCausalLM"  # transformers 5 would warn "loss_type=None ... unrecognized"
+    batch = lm.encode(tok, ["a b"])
+    assert torch.isfinite(model(**batch, labels=batch["input_ids"]).loss)

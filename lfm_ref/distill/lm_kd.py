@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..lm import _check_texts, encode
+from ..lm import _check_texts, encode, name_causal_lm_loss
 from ..train import DictDataset
 from ..utils import seed_everything
 from .kd import kd_loss
@@ -163,7 +163,7 @@ def smaller_gpt2(teacher: nn.Module, n_layer: int, n_embd: int | None = None, n_
     if seed is not None:
         seed_everything(seed)
     config = GPT2Config(**{**teacher.config.to_dict(), "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head})
-    student = GPT2LMHeadModel(config)
+    student = name_causal_lm_loss(GPT2LMHeadModel(config))
     if copy_layers:
         step = teacher.config.n_layer // n_layer
         source = teacher.transformer

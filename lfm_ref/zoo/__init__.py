@@ -54,7 +54,7 @@ def _build_tiny_gpt(seed: int = 0, epochs: int = 100):
                         pad_token_id=tokenizer.pad_token_id,
                         # no dropout: the point of pretraining here is to memorise the world's facts
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config)
+    model = lm.name_causal_lm_loss(GPT2LMHeadModel(config))
     # Facts are memorised late (the loss drops from its plateau after ~1,500 steps); 60 epochs left
     # 79-100% of them recalled depending on float summation order (thread count), 100 epochs give 100%.
     history = fit(model, lm.lm_dataset(tokenizer, world.corpus("train")), epochs=epochs, batch_size=32, lr=3e-3,
@@ -151,10 +151,22 @@ def names() -> list[str]:
 
 
 # ----- building and storing ----------------------------------------------------------------------
+def _source_checkout() -> bool:
+    """Whether lfm_ref runs from a clone of the repository (its pyproject.toml beside the package)."""
+    return (PACKAGE_WEIGHTS.parents[2] / "pyproject.toml").exists()
+
+
+def default_build_dir() -> Path:
+    """Where :func:`build` writes by default: the package's own weights folder in a clone of the
+    repository (so ``make zoo`` updates what ships), the user cache after a wheel install (never
+    ``site-packages``)."""
+    return PACKAGE_WEIGHTS if _source_checkout() else _cache_dir()
+
+
 def build(name: str, out_dir: str | Path | None = None) -> Path:
-    """Train zoo model ``name`` from scratch and save it under ``out_dir`` (the package folder by default)."""
+    """Train zoo model ``name`` from scratch and save it under ``out_dir`` (default: :func:`default_build_dir`)."""
     _check_zoo_name(name)
-    out = Path(out_dir or PACKAGE_WEIGHTS) / name
+    out = Path(out_dir or default_build_dir()) / name
     start = time.time()
     built, history, metrics = ZOO[name]["build"]()
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +204,9 @@ def _portable_tokenizer_config(folder: Path) -> None:
 
 
 def _find(name: str) -> Path | None:
-    for root in (PACKAGE_WEIGHTS, _cache_dir()):
+    # a rebuild in the user cache (after a wheel install) takes precedence over the shipped weights
+    roots = (PACKAGE_WEIGHTS, _cache_dir()) if _source_checkout() else (_cache_dir(), PACKAGE_WEIGHTS)
+    for root in roots:
         if (root / name / META).exists():
             return root / name
     return None
@@ -213,9 +227,21 @@ def path(name: str) -> Path:
         return found if found is not None else build(name, cache)
 
 
-def info(name: str) -> dict:
-    """What is recorded about a zoo model: its config, parameter count, quality metrics and loss history."""
-    return json.loads((path(name) / META).read_text())
+class ModelCard(dict):
+    """A zoo model's record (a plain dict) whose printed form leaves out the thousands of loss values."""
+
+    def __repr__(self) -> str:
+        shown = {k: (f"<{len(v)} loss values>" if k == "history" else v) for k, v in self.items()}
+        return f"ModelCard({shown!r})"
+
+    def _repr_pretty_(self, printer, cycle):  # what IPython and Jupyter show for a cell's last value
+        printer.text(repr(self))
+
+
+def info(name: str) -> ModelCard:
+    """What is recorded about a zoo model: its config, parameter count, quality metrics and loss history
+    (``info(name)["history"]``, one value per training step)."""
+    return ModelCard(json.loads((path(name) / META).read_text()))
 
 
 # ----- loading -----------------------------------------------------------------------------------
@@ -283,8 +309,10 @@ def _from_pretrained(where, dev: torch.device, num_labels: int | None = None):
     tokenizer = AutoTokenizer.from_pretrained(where)
     if tokenizer.pad_token is None:  # GPT-2 ships without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
+    from ..lm import name_causal_lm_loss
+
     with _no_progress_bars():
-        model = AutoModelForCausalLM.from_pretrained(where)
+        model = name_causal_lm_loss(AutoModelForCausalLM.from_pretrained(where))
     return model.to(dev).eval(), tokenizer
 
 

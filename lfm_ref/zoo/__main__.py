@@ -10,7 +10,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="train zoo models from scratch and save their weights")
     b.add_argument("names", nargs="*", help=f"models to build (default: all of {names()})")
-    b.add_argument("--out", default=None, help="folder to write into (default: the package's weights folder)")
+    b.add_argument("--out", default=None, help="folder to write into (default: the package's weights folder in a "
+                                               "clone of the repository, the user cache after a wheel install)")
     sub.add_parser("list", help="list the zoo's models and their recorded quality")
     args = parser.parse_args(argv)
     if args.command == "build":
@@ -19,8 +20,10 @@ def main(argv=None):
             meta = json.loads((out / "meta.json").read_text())
             print(f"{name}: {meta['metrics']} in {meta['build_seconds']} s -> {out}")
     else:
+        width = max(map(len, names()))
         for name in names():
-            print(f"{name:10s} {ZOO[name]['about']}\n{'':10s} {info(name)['metrics']}")
+            metrics = ", ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in info(name)["metrics"].items())
+            print(f"{name:<{width}}  {ZOO[name]['about']}\n{'':<{width}}  {metrics}")
 
 
 if __name__ == "__main__":
