@@ -73,3 +73,54 @@ def test_every_citation_is_in_the_bibliography():
     texts += ["\n".join(c.source for c in nbformat.read(p, as_version=4).cells) for p in NOTEBOOKS]
     cited = {k.strip() for t in texts for group in re.findall(r"\{cite[pt]?\}`([^`]+)`", t) for k in group.split(",")}
     assert cited <= keys, f"cited but not in book/references.bib: {sorted(cited - keys)}"
+
+
+def _scale_table() -> dict[str, list[str]]:
+    """The README's SCALE table: chapter number -> its cells."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- scale-table-start -->")[1].split("<!-- scale-table-end -->")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.strip().splitlines()[2:]]
+    return {row[0]: row for row in rows}
+
+
+def _has_real_model_cell(path) -> bool:
+    nb = nbformat.read(path, as_version=4)
+    return any(c.cell_type == "code" and "real-model" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+def test_scale_table_has_a_row_per_chapter_matching_what_it_does():
+    table = _scale_table()
+    numbers = [p.stem.split("_")[0] for p in NOTEBOOKS]
+    assert sorted(table) == sorted(numbers), f"README SCALE table rows {sorted(table)} != chapters {sorted(numbers)}"
+    for path, number in zip(NOTEBOOKS, numbers):
+        real = table[number][2]
+        if _has_real_model_cell(path):
+            assert any(name in real for name in ("GPT-2", "ViT-B/16", "ResNet-18")), (path.name, real)
+        else:
+            assert real.startswith("none:") and len(real) > 20, f"{path.name}: say why it has no real-model section"
+    how_to = (ROOT / "book" / "how_to_use.md").read_text()
+    assert ":start-after: <!-- scale-table-start -->" in how_to, "How to use must include the README's table"
+
+
+def test_syllabus_covers_every_chapter_with_its_cpu_time():
+    syllabus = (ROOT / "book" / "syllabus.md").read_text()
+    missing = [p.stem for p in NOTEBOOKS if f"notebooks/{p.stem}" not in syllabus]
+    assert not missing, f"chapters missing from the syllabus: {missing}"
+    assert "CPUTIME" not in syllabus, "fill in the measured CPU times (make bench-notebooks)"
+    assert "book/syllabus" in _toc_files()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cell_installs_the_notebook_extra_and_binds_lfm_ref(path):
+    first = next(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    branch = first.split("except ImportError:")[1].split("\n\n")[0]
+    assert '"lfm_ref[notebooks] @ git+' in branch, "install the documented notebook extra"
+    assert branch.strip().endswith("import lfm_ref"), "the except branch must import lfm_ref after installing it"
+
+
+@pytest.mark.parametrize("name", ["02a_lora", "07_classic_distillation", "11_merging", "12_mode_connectivity"])
+def test_sliders_come_with_a_static_figure(name):
+    """ipywidgets render in the HTML at their saved state only: each slider follows a static figure."""
+    cells = [c for c in nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells if c.cell_type == "code"]
+    slider = next(i for i, c in enumerate(cells) if "widgets.interact" in c.source)
+    assert any("plt.subplots" in c.source for c in cells[max(0, slider - 2):slider + 1]), name
