@@ -69,8 +69,10 @@ def main(argv: list[str]) -> int:
         return 0
     python = make_venv(args.venv)
     # pip finds the main venv's packages too; it installs the floors (and what they need, such as an
-    # older huggingface-hub) into the second venv, which comes first on sys.path
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted], check=True)
+    # older huggingface-hub) into the second venv, which comes first on sys.path. The main venv's
+    # peers (mergekit, peft) want newer releases and are not tested here: no conflict warnings.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-conflicts",
+                    *wanted], check=True)
     versions = subprocess.run([str(python), "-c", "import transformers, tokenizers; "
                                "print(f'transformers {transformers.__version__}, tokenizers {tokenizers.__version__}')"],
                               check=True, capture_output=True, text=True).stdout.strip()
