@@ -60,6 +60,8 @@ def test_book_config_is_jupyter_book_1():
     assert CONFIG["execute"]["raise_on_error"] is True
     assert "sphinx_exercise" in CONFIG["sphinx"]["extra_extensions"]
     assert CONFIG["launch_buttons"]["colab_url"]
+    # the Makefile's virtual environments hold packages' own markdown (huggingface_hub's card templates)
+    assert {".venv", ".venv-floors"} <= set(CONFIG["exclude_patterns"])
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"jupyter-book>=1.0.4,<2"' in pyproject
 
