@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from ..lm import name_causal_lm_loss
 from ..utils import count_parameters, device as default_device, seed_everything
 from .models import HFImageClassifier, TinyCNN, TinyViT
 
@@ -54,7 +55,7 @@ def _build_tiny_gpt(seed: int = 0, epochs: int = 100):
                         pad_token_id=tokenizer.pad_token_id,
                         # no dropout: the point of pretraining here is to memorise the world's facts
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = lm.name_causal_lm_loss(GPT2LMHeadModel(config))
+    model = name_causal_lm_loss(GPT2LMHeadModel(config))
     # Facts are memorised late (the loss drops from its plateau after ~1,500 steps); 60 epochs left
     # 79-100% of them recalled depending on float summation order (thread count), 100 epochs give 100%.
     history = fit(model, lm.lm_dataset(tokenizer, world.corpus("train")), epochs=epochs, batch_size=32, lr=3e-3,
@@ -309,8 +310,6 @@ def _from_pretrained(where, dev: torch.device, num_labels: int | None = None):
     tokenizer = AutoTokenizer.from_pretrained(where)
     if tokenizer.pad_token is None:  # GPT-2 ships without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
-    from ..lm import name_causal_lm_loss
-
     with _no_progress_bars():
         model = name_causal_lm_loss(AutoModelForCausalLM.from_pretrained(where))
     return model.to(dev).eval(), tokenizer

@@ -22,7 +22,8 @@ def main(argv=None):
     else:
         width = max(map(len, names()))
         for name in names():
-            metrics = ", ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in info(name)["metrics"].items())
+            metrics = ", ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in info(name)["metrics"].items())
             print(f"{name:<{width}}  {ZOO[name]['about']}\n{'':<{width}}  {metrics}")
 
 
