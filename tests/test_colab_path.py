@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import nbformat
@@ -21,6 +20,8 @@ import yaml
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from check_floors import make_venv  # noqa: E402
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 REPOSITORY = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
 
@@ -43,11 +44,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def fresh_runtime(where: Path) -> Path:
     """A venv without lfm_ref, registered as a Jupyter kernel under ``where/kernels``; returns its python."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where / "venv")], check=True)
-    python = where / "venv" / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "shared-main-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = make_venv(where / "venv")  # the floors check's venv: the main venv's packages, via a .pth line
     spec = where / "kernels" / "fresh"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({

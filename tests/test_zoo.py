@@ -188,7 +188,7 @@ def test_build_writes_to_the_user_cache_outside_a_checkout(monkeypatch, tmp_path
     assert zoo.default_build_dir() == tmp_path / "zoo"
 
 
-def test_loading_a_gpt2_names_its_loss(tiny_gpt, caplog):
+def test_loading_a_gpt2_names_its_loss(tiny_gpt):
     model, tok = tiny_gpt
     assert model.loss_type == "ForCausalLM"  # transformers 5 would warn "loss_type=None ... unrecognized"
     batch = lm.encode(tok, ["a b"])
