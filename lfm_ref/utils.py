@@ -1,8 +1,15 @@
-"""Device and seeding helpers shared by every chapter."""
+"""Device, mode and seeding helpers shared by every chapter and method.
+
+Two rules every library function keeps (and these helpers make easy): it leaves the caller's model in
+the train/eval mode it found it (:func:`eval_mode`), and it never reseeds the global random streams (it
+takes a ``seed`` or a ``torch.Generator`` instead; :func:`seed_everything` is for chapters only).
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -29,10 +36,37 @@ def device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); the CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(*models: torch.nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode inside the block and give each back the mode it had.
+
+    ``model.eval()`` alone would leave a caller's training model with dropout off after a library call.
+    Each submodule's own flag is restored, so a model that was partly frozen stays so.
+    """
+    from .checks import module
+
+    saved = [[(m, m.training) for m in module(model).modules()] for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for flags in saved:
+            for m, training in flags:
+                m.training = training
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices) and return a ``torch.Generator`` seeded alike.
 
-    The returned generator lets a caller draw random numbers that do not disturb the global stream.
+    For chapters and scripts: library functions take a ``seed`` or generator instead. The returned generator lets a caller draw random numbers that do not disturb the global stream.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")

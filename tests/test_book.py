@@ -126,3 +126,71 @@ def test_sliders_come_with_a_static_figure(name):
     cells = [c for c in nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells if c.cell_type == "code"]
     slider = next(i for i, c in enumerate(cells) if "widgets.interact" in c.source)
     assert any("plt.subplots" in c.source for c in cells[max(0, slider - 2):slider + 1]), name
+
+
+# ----- the notebook kit: chapters hold only what is special to them ------------------------------
+def _code_cells(path) -> list[str]:
+    """A chapter's code cells with IPython magics (``%pip``) commented out, so ``ast`` can read them."""
+    nb = nbformat.read(path, as_version=4)
+    return ["\n".join("# " + line if line.lstrip().startswith(("%", "!")) else line
+                      for line in c.source.splitlines()) for c in nb.cells if c.cell_type == "code"]
+
+
+def _lfm_ref_names() -> set[str]:
+    """Every public top-level function and class name defined anywhere in lfm_ref."""
+    import ast
+
+    names = set()
+    for module in (ROOT / "lfm_ref").rglob("*.py"):
+        tree = ast.parse(module.read_text())
+        names |= {node.name for node in tree.body
+                  if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_")}
+    return names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_defines_no_function_that_lfm_ref_has(path):
+    """A chapter that writes ``def evaluate`` or ``def accuracy`` re-derives (or shadows) the library."""
+    import ast
+
+    defined = {node.name for cell in _code_cells(path) for node in ast.walk(ast.parse(cell))
+               if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    clashes = sorted(defined & _lfm_ref_names())
+    assert not clashes, f"{path.name} defines {clashes}, which lfm_ref already has: import them instead"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_shows_code_with_the_kit_within_88_columns(path):
+    """``show(fn)`` (highlighted, with where it lives) instead of ``print(inspect.getsource(fn))``; code
+    lines of at most 88 characters, the width of the book's page column."""
+    cells = _code_cells(path)
+    assert not any("getsource" in cell for cell in cells), f"{path.name}: use lfm_ref.book.show(fn)"
+    assert any("show(" in cell for cell in cells), f"{path.name} shows no library code"
+    long = [line for cell in cells for line in cell.splitlines() if len(line) > 88]
+    assert not long, f"{path.name}: {len(long)} code lines over 88 characters, e.g. {long[0]!r}"
+
+
+def _shown_objects(path):
+    """The library objects a chapter passes to ``show``, resolved by running the chapter's imports."""
+    import ast
+
+    namespace, shown = {}, []
+    for cell in _code_cells(path):
+        tree = ast.parse(cell)
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                exec(compile(ast.Module([node], []), str(path), "exec"), namespace)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "show":
+                shown.append(ast.unparse(node.args[0]))
+    return [eval(expr, namespace) for expr in shown]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_library_code_a_chapter_shows_fits_in_88_columns(path):
+    import inspect
+
+    for obj in _shown_objects(path):
+        long = [line for line in inspect.getsource(obj).splitlines() if len(line) > 88]
+        assert not long, (f"{path.name} shows {obj.__qualname__}, which has {len(long)} lines over 88 "
+                          f"characters, e.g. {long[0]!r}")

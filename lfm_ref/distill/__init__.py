@@ -1,6 +1,6 @@
 """Part II, model distillation: moving what a teacher knows into a student."""
-from .data_free import (BatchNormStatistics, BlackBoxAPI, Generator, api_logits, bn_statistics_loss, dafl,
-                        dafl_losses, deep_inversion, dfad, dfme, discrepancy, total_variation, zeroth_order_grad)
+from .data_free import (BatchNormStatistics, Generator, bn_statistics_loss, dafl,
+                        dafl_losses, deep_inversion, dfad, dfme, discrepancy, total_variation)
 from .features import (Distillation, HintRegressor, fitnets_hint_objective, hint_loss, rkd_angle_loss,
                        rkd_distance_loss, rkd_loss, rkd_objective)
 from .kd import born_again, kd_loss, kd_objective
@@ -10,6 +10,6 @@ from .mutual import Cohort, mutual_learning_loss, mutual_learning_objective
 __all__ = ["Distillation", "HintRegressor", "fitnets_hint_objective", "hint_loss", "rkd_angle_loss",
            "rkd_distance_loss", "rkd_loss", "rkd_objective", "born_again", "kd_loss", "kd_objective",
            "Cohort", "mutual_learning_loss", "mutual_learning_objective",
-           "BatchNormStatistics", "BlackBoxAPI", "Generator", "api_logits", "bn_statistics_loss", "dafl", "dafl_losses",
-           "deep_inversion", "dfad", "dfme", "discrepancy", "total_variation", "zeroth_order_grad",
+           "BatchNormStatistics", "Generator", "bn_statistics_loss", "dafl", "dafl_losses",
+           "deep_inversion", "dfad", "dfme", "discrepancy", "total_variation",
            "smaller_gpt2", "teacher_corpus", "token_kd_loss", "token_kd_objective", "with_teacher_logits"]

@@ -31,11 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..blackbox import ClassifierAPI, api_logits, zeroth_order_grad
 from ..hooks import capture_outputs
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+from ..utils import device_of
 
 
 def _check_classes(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -119,7 +117,7 @@ def deep_inversion(teacher: nn.Module, targets: torch.Tensor, shape: tuple[int, 
     if len(targets) < 2:
         raise ValueError("DeepInversion matches batch statistics, so it needs at least 2 targets")
     teacher.eval().requires_grad_(False)
-    dev = _device_of(teacher)
+    dev = device_of(teacher)
     targets = targets.to(dev)
     g = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
     lo, hi = value_range
@@ -278,7 +276,7 @@ def dafl(teacher: nn.Module, student: nn.Module, generator: Generator, feature_l
     def student_loss(s_logits, t_logits):  # kd_loss itself rejects a different number of classes
         return kd_loss(s_logits, t_logits, temperature=temperature)
 
-    return _adversarial_loop(student, generator, _device_of(teacher), steps, batch_size, 1, lr_student, lr_generator,
+    return _adversarial_loop(student, generator, device_of(teacher), steps, batch_size, 1, lr_student, lr_generator,
                              generator_loss, teacher, student_loss, callback, every)
 
 
@@ -307,60 +305,11 @@ def dfad(teacher: nn.Module, student: nn.Module, generator: Generator, steps: in
             t_logits = teacher(x)
         return -discrepancy(student(x), t_logits) + prior.loss  # the generator seeks where the student is wrong
 
-    return _adversarial_loop(student, generator, _device_of(teacher), steps, batch_size, student_steps, lr_student,
+    return _adversarial_loop(student, generator, device_of(teacher), steps, batch_size, student_steps, lr_student,
                              lr_generator, generator_loss, teacher, discrepancy, callback, every)
 
 
-class BlackBoxAPI:
-    """A model reachable only through its outputs: ``api(x)`` returns probabilities (or top-1 labels).
-
-    No gradient can flow through it (outputs are computed under ``no_grad`` and detached), and
-    ``api.queries`` counts every input ever sent, which is what a paid API would bill.
-    """
-
-    def __init__(self, model: nn.Module, output: str = "probs"):
-        if output not in ("probs", "label"):
-            raise ValueError(f"output must be 'probs' or 'label', got {output!r}")
-        self._model = model.eval().requires_grad_(False)
-        self.output = output
-        self.queries = 0
-
-    @property
-    def device(self) -> torch.device:
-        return _device_of(self._model)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.queries += len(x)
-        logits = self._model(x.to(self.device))
-        return logits.softmax(-1) if self.output == "probs" else logits.argmax(-1)
-
-
-def api_logits(api: BlackBoxAPI, x: torch.Tensor) -> torch.Tensor:
-    """Logits recovered from an API's probabilities, up to a constant: ``log p - mean(log p)`` (DFME)."""
-    if api.output != "probs":
-        raise ValueError("recovering logits needs an API that returns probabilities (output='probs')")
-    log_p = api(x).clamp_min(1e-12).log()
-    return log_p - log_p.mean(-1, keepdim=True)
-
-
-def zeroth_order_grad(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, directions: int = 1,
-                      eps: float = 1e-3, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Forward-difference estimate of d f / d x for a per-example loss ``f`` (DFME, Eq. 6).
-
-    ``g = d/m * sum_i (f(x + eps u_i) - f(x)) / eps * u_i`` with ``u_i`` uniform on the unit sphere and
-    ``d`` the input dimension. All ``directions`` perturbations are sent as one batch.
-    """
-    b, d = len(x), x[0].numel()
-    u = torch.randn((directions, *x.shape), generator=generator, device="cpu").to(x.device)
-    u = u / u.flatten(2).norm(dim=-1).view(directions, b, *([1] * (x.dim() - 1)))
-    fx = f(x)                                                    # (b,)
-    fu = f((x.unsqueeze(0) + eps * u).flatten(0, 1)).view(directions, b)
-    slope = (fu - fx) / eps                                      # directional derivatives
-    return d / directions * (slope.view(directions, b, *([1] * (x.dim() - 1))) * u).sum(0)
-
-
-def dfme(api: BlackBoxAPI, student: nn.Module, generator: Generator, steps: int = 300, batch_size: int = 64,
+def dfme(api: ClassifierAPI, student: nn.Module, generator: Generator, steps: int = 300, batch_size: int = 64,
          student_steps: int = 5, directions: int = 1, eps: float = 1e-3, lr_student: float = 3e-3,
          lr_generator: float = 1e-3, callback=None, every: int = 0) -> list[tuple[float, float]]:
     """DFAD against a black box: the teacher's gradient w.r.t. the generated images is estimated.

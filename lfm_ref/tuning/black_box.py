@@ -2,8 +2,8 @@
 vectors) to scores. Nothing here takes a gradient of the model; the optimisers are derivative-free or
 policy gradients of a separate, small policy.
 
-- :class:`ScoreAPI`: the "language model as a service": given inputs and a prompt, the log-probabilities
-  of a fixed set of answers (the verbaliser), and a count of the queries it has answered.
+- :class:`lfm_ref.blackbox.ScoreAPI` is the "language model as a service": given inputs and a prompt,
+  the log-probabilities of a fixed set of answers (the verbaliser); it counts the queries it answers.
 - **Black-Box Tuning** (Sun et al., 2022, "Black-Box Tuning for Language-Model-as-a-Service", ICML;
   arXiv:2201.03514): a soft prompt ``p = p_0 + A z`` with a fixed random projection ``A`` from a small
   ``z`` (``d ~ 10``), optimised by CMA-ES (Hansen, 2016, "The CMA Evolution Strategy: A Tutorial";
@@ -23,58 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..lm import encode, target_ids
-
-
-class ScoreAPI:
-    """Scores of ``candidates`` (one word each) as the next word after ``text + prompt``, batched.
-
-    The only access to the model: :meth:`hard` for text prompts, :meth:`soft` for prompt vectors
-    appended after the text (the "service" accepts embeddings, as Black-Box Tuning assumes). Both
-    return log-probabilities over the candidates, ``(prompts, texts, K)``, under ``torch.no_grad``, and
-    add the number of (prompt, text) queries to :attr:`calls`.
-    """
-
-    def __init__(self, model: nn.Module, tokenizer, candidates: Sequence[str]):
-        if len(candidates) < 2:
-            raise ValueError(f"an API needs at least 2 candidate answers, got {len(candidates)}")
-        self._model, self._tok = model.eval(), tokenizer
-        self.candidates = list(candidates)
-        self._ids = target_ids(tokenizer, self.candidates)
-        self.embedding_dim = model.get_input_embeddings().weight.shape[1]
-        self.calls = 0
-
-    def _score(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        dev = next(self._model.parameters()).device
-        embeds, mask = embeds.to(dev), mask.to(dev)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # left padding: each row's positions start at 0
-        logits = self._model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -1]
-        self.calls += len(embeds)
-        return logits[:, self._ids.to(dev)].log_softmax(-1).cpu()
-
-    @torch.no_grad()
-    def hard(self, texts: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
-        """Log-probabilities ``(len(prompts), len(texts), K)`` for ``text + " " + prompt``."""
-        joined = [f"{t} {p}".strip() for p in prompts for t in texts]
-        batch = encode(self._tok, joined, left=True)  # the next word follows the last column
-        dev = next(self._model.parameters()).device
-        embeds = self._model.get_input_embeddings()(batch["input_ids"].to(dev))
-        return self._score(embeds, batch["attention_mask"]).view(len(prompts), len(texts), -1)
-
-    @torch.no_grad()
-    def soft(self, texts: Sequence[str], prompts: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities ``(P, len(texts), K)`` with prompt vectors ``(P, p, d)`` after each text."""
-        if prompts.dim() != 3 or prompts.shape[-1] != self.embedding_dim:
-            raise ValueError(f"prompts must have shape (P, p, {self.embedding_dim}), got {tuple(prompts.shape)}")
-        batch = encode(self._tok, list(texts), left=True)
-        dev = next(self._model.parameters()).device
-        text_embeds = self._model.get_input_embeddings()(batch["input_ids"].to(dev))
-        n_prompts, p = prompts.shape[:2]
-        embeds = torch.cat([text_embeds.expand(n_prompts, -1, -1, -1),
-                            prompts.to(dev, text_embeds.dtype)[:, None].expand(-1, len(texts), -1, -1)], dim=2)
-        mask = torch.cat([batch["attention_mask"], torch.ones(len(texts), p, dtype=torch.long)], dim=1)
-        out = self._score(embeds.flatten(0, 1), mask.repeat(n_prompts, 1))
-        return out.view(n_prompts, len(texts), -1)
+from ..blackbox import ScoreAPI
 
 
 def cma_es(loss: Callable[[torch.Tensor], torch.Tensor], dim: int, generations: int, popsize: int | None = None,
