@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test floors unit notebooks book bench-notebooks strip-outputs zoo clean
+.PHONY: setup lint test floors unit notebooks book bench-notebooks strip-outputs zoo clean
 
 setup: $(VENV)/.installed
 
@@ -37,8 +37,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "mergekit>=0.1.5"
 	touch $@
 
-## test: unit tests of lfm_ref plus nbval over every chapter, spread over the cores, then the floors check
-test: setup
+## lint: ruff over the package, tests and scripts (rules and line length in pyproject.toml)
+lint: setup
+	$(BIN)/ruff check .
+
+## test: lint, unit tests of lfm_ref plus nbval over every chapter, spread over the cores, then the floors check
+test: setup lint
 	OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope \
 		--nbval-lax --nbval-current-env tests notebooks
 	$(MAKE) floors

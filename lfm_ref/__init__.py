@@ -1,9 +1,17 @@
 """lfm_ref: small, readable reference implementations for the book *Learning from Models*.
 
-The shared parts a chapter imports: ``device``/``seed_everything`` (:mod:`lfm_ref.utils`), the one
-training loop ``fit`` and evaluation helper ``evaluate`` (:mod:`lfm_ref.train`), the data
-(:mod:`lfm_ref.data`), the model zoo (:mod:`lfm_ref.zoo`), language-model helpers (:mod:`lfm_ref.lm`)
-and plots (:mod:`lfm_ref.plotting`). Methods live in sub-packages named after the survey's taxonomy.
+The shared core a chapter or a method imports:
+
+- ``device``/``seed_everything``/``device_of``/``eval_mode`` (:mod:`lfm_ref.utils`);
+- the one training loop ``fit`` and ``evaluate``/``predict`` (:mod:`lfm_ref.train`);
+- input checks with one message style (:mod:`lfm_ref.checks`), state-dict helpers
+  (:mod:`lfm_ref.state_dicts`), models behind an API (:mod:`lfm_ref.blackbox`), forward hooks
+  (:mod:`lfm_ref.hooks`) and language-model helpers (:mod:`lfm_ref.lm`);
+- the data (:mod:`lfm_ref.data`), the model zoo (:mod:`lfm_ref.zoo`), plots (:mod:`lfm_ref.plotting`)
+  and the notebook kit (:mod:`lfm_ref.book`).
+
+Methods live in sub-packages named after the survey's taxonomy (``tuning``, ``retrieval``, ``distill``,
+``reuse``); a method imports the core, never another family's private helpers.
 """
 from .train import evaluate, fit, predict
 from .utils import count_parameters, device, seed_everything

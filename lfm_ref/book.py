@@ -27,7 +27,7 @@ from torch import nn
 from . import checks
 from .train import evaluate
 
-__all__ = ["Source", "evaluate_state_dict", "seconds_per_call", "seed_bars", "seed_table", "show",
+__all__ = ["Source", "evaluate_state_dict", "seconds_per_call", "seed_bars", "seed_table", "show", "split_in_halves",
            "val_report_split"]
 
 
@@ -191,3 +191,14 @@ def val_report_split(data, seed: int = 0):
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(checks.integer(seed, "seed", 0)))
     half = len(x) // 2
     return (x[order[:half]], y[order[:half]]), (x[order[half:]], y[order[half:]])
+
+
+def split_in_halves(items: Sequence, seed: int = 0) -> tuple[list, list]:
+    """A seeded random half of ``items`` and the other half (e.g. the fact world's instructions: train
+    on one half of the facts, test on facts never seen in that format)."""
+    items = checks.non_empty(items, "items")
+    import random
+
+    order = random.Random(checks.integer(seed, "seed", 0)).sample(range(len(items)), len(items))
+    half = len(items) // 2
+    return [items[i] for i in order[:half]], [items[i] for i in order[half:]]

@@ -66,7 +66,8 @@ def eval_mode(*models: torch.nn.Module) -> Iterator[None]:
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices) and return a ``torch.Generator`` seeded alike.
 
-    For chapters and scripts: library functions take a ``seed`` or generator instead. The returned generator lets a caller draw random numbers that do not disturb the global stream.
+    For chapters and scripts: library functions take a ``seed`` or generator instead. The returned
+    generator lets a caller draw random numbers that do not disturb the global stream.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")

@@ -1,10 +1,12 @@
 """Training-step time of lfm_ref's parameter-efficient methods against PEFT's, on a GPT-2-shaped model
 (a report, not a test).
 
-    python scripts/bench_peft.py [--method lora|ia3|prompt|prefix|all] [--layers 6 --width 384 --seq 128 --batch 8 --steps 20]
+    python scripts/bench_peft.py [--method lora|ia3|prompt|prefix|all]
+        [--layers 6 --width 384 --seq 128 --batch 8 --steps 20]
 
 Both libraries get the same model, targets and batch (LoRA: c_attn, c_proj and c_fc with the same rank;
-(IA)^3: c_attn and the MLP's c_proj; prompt and prefix tuning: 16 virtual tokens); the time is the median of forward + backward + AdamW step over
+(IA)^3: c_attn and the MLP's c_proj; prompt and prefix tuning: 16 virtual tokens); the time is the median of
+forward + backward + AdamW step over
 ``--steps`` steps, after two warm-up steps, alternating the two libraries.
 """
 import argparse
@@ -16,7 +18,6 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lfm_ref.tuning import IA3Config, LoraConfig, PrefixTuning, PromptTuning, inject_ia3, inject_lora
-
 
 METHODS = ["lora", "ia3", "prompt", "prefix"]
 

@@ -17,8 +17,9 @@ import re
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORED = ("transformers", "tokenizers")
@@ -73,8 +74,8 @@ def main(argv: list[str]) -> int:
     # peers (mergekit, peft) want newer releases and are not tested here: no conflict warnings.
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-conflicts",
                     *wanted], check=True)
-    versions = subprocess.run([str(python), "-c", "import transformers, tokenizers; "
-                               "print(f'transformers {transformers.__version__}, tokenizers {tokenizers.__version__}')"],
+    report = "print(f'transformers {transformers.__version__}, tokenizers {tokenizers.__version__}')"
+    versions = subprocess.run([str(python), "-c", "import transformers, tokenizers; " + report],
                               check=True, capture_output=True, text=True).stdout.strip()
     print("testing on", versions)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -12,10 +12,12 @@ _sd = _linear.state_dict()
 CASES = [
     ("checks-int-given-str", lambda: checks.positive_int("8", "r"), TypeError, r"r must be an int, got str \('8'\)"),
     ("checks-int-given-bool", lambda: checks.positive_int(True, "steps"), TypeError, "steps must be an int, got bool"),
-    ("checks-int-below-minimum", lambda: checks.positive_int(0, "steps"), ValueError, "steps must be an int >= 1, got 0"),
+    ("checks-int-below-minimum", lambda: checks.positive_int(0, "steps"), ValueError,
+     "steps must be an int >= 1, got 0"),
     ("checks-number-given-str", lambda: checks.number("16", "alpha"), TypeError,
      r"alpha must be a number \(int or float\), got str \('16'\)"),
-    ("checks-probability-out-of-range", lambda: checks.probability(1.5, "p"), ValueError, r"p must lie in \[0.0, 1.0\]"),
+    ("checks-probability-out-of-range", lambda: checks.probability(1.5, "p"), ValueError,
+     r"p must lie in \[0.0, 1.0\]"),
     ("checks-class-index-too-large", lambda: checks.class_indices(torch.tensor([0, 10]), "y", 10), ValueError,
      r"y must hold class indices in \[0, 10\), got values from 0 to 10"),
     ("checks-same-shape-broadcastable", lambda: checks.same_shape(torch.ones(1, 3), torch.ones(2, 3), "f", "w"),
@@ -34,5 +36,5 @@ CASES = [
     ("seed-table-given-a-list", lambda: book.seed_table([0.9, 0.8]), TypeError, "results must be a non-empty dict"),
     ("show-given-a-string", lambda: book.show("fit"), TypeError, "show\\(\\) displays a function, method or class"),
     ("eval-mode-given-state-dict", lambda: eval_mode(_sd).__enter__(), TypeError,
-     "model must be a torch.nn.Module, got dict"),
+     "model must be a torch.nn.Module, got OrderedDict"),
 ]

@@ -26,7 +26,8 @@ def test_there_are_chapters():
 def test_notebook_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
-    assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them (e.g. `jupyter nbconvert --clear-output --inplace`)"
+    assert not dirty, (f"{path.name}: cells {dirty} have outputs; clear them "
+                       "(e.g. `jupyter nbconvert --clear-output --inplace`)")
 
 
 def test_toc_and_notebooks_agree():
@@ -123,7 +124,8 @@ def test_colab_cell_installs_the_notebook_extra_and_binds_lfm_ref(path):
 @pytest.mark.parametrize("name", ["02a_lora", "07_classic_distillation", "11_merging", "12_mode_connectivity"])
 def test_sliders_come_with_a_static_figure(name):
     """ipywidgets render in the HTML at their saved state only: each slider follows a static figure."""
-    cells = [c for c in nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells if c.cell_type == "code"]
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code"]
     slider = next(i for i, c in enumerate(cells) if "widgets.interact" in c.source)
     assert any("plt.subplots" in c.source for c in cells[max(0, slider - 2):slider + 1]), name
 

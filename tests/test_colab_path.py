@@ -22,6 +22,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from check_floors import make_venv  # noqa: E402
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 REPOSITORY = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
 
@@ -58,7 +59,8 @@ def first_cells(path: Path, wheel: Path) -> list:
     code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     install, target = code[0].source, f"git+{REPOSITORY}"
     assert target in install, f"{path.name}: the first cell does not install {target}"
-    return [nbformat.v4.new_code_cell(install.replace(target, wheel.as_uri())), nbformat.v4.new_code_cell(code[1].source)]
+    return [nbformat.v4.new_code_cell(install.replace(target, wheel.as_uri())),
+            nbformat.v4.new_code_cell(code[1].source)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -106,7 +106,8 @@ def test_load_real_skips_cleanly(capsys, monkeypatch):
     assert "No Hugging Face hub is reachable" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad, error", [(("bert", "real"), "unknown real model kind"), (("gpt2", "large"), "scale must be")])
+@pytest.mark.parametrize("bad, error", [(("bert", "real"), "unknown real model kind"),
+                                        (("gpt2", "large"), "scale must be")])
 def test_load_real_errors(bad, error):
     with pytest.raises(ValueError, match=error):
         zoo.load_real(*bad)
