@@ -36,6 +36,7 @@ class Source:
     """A function's or class's source with where it lives; rendered highlighted in Jupyter and the book."""
 
     def __init__(self, obj):
+        obj = inspect.unwrap(obj)  # a decorated function (@torch.no_grad()) is shown where it is written
         self.obj = obj
         self.text = inspect.getsource(obj)
         lines, first = inspect.getsourcelines(obj)
@@ -202,3 +203,18 @@ def split_in_halves(items: Sequence, seed: int = 0) -> tuple[list, list]:
     order = random.Random(checks.integer(seed, "seed", 0)).sample(range(len(items)), len(items))
     half = len(items) // 2
     return [items[i] for i in order[:half]], [items[i] for i in order[half:]]
+
+
+# ----- fine-tunes from one start ---------------------------------------------------------------
+def fine_tuned_copy(model: nn.Module, data, **fit_kwargs) -> dict[str, torch.Tensor]:
+    """The weights of a copy of ``model`` after ``lfm_ref.fit(copy, data, **fit_kwargs)``; ``model``
+    itself does not change, so several fine-tunes share it as their start (the inputs of merging,
+    soups and paths between models)."""
+    import copy
+
+    from .state_dicts import snapshot
+    from .train import fit
+
+    tuned = copy.deepcopy(checks.module(model))
+    fit(tuned, data, **fit_kwargs)
+    return snapshot(tuned)

@@ -1,4 +1,7 @@
-"""Addressing a model's modules by name: finding and replacing them, and reading their activations."""
+"""Addressing a model's modules by name: finding and replacing them, and reading their activations.
+
+Chapter: notebooks/02a_lora.ipynb (LoRA addresses layers by name; adapters, merging and editing too).
+"""
 from __future__ import annotations
 
 import difflib
@@ -8,9 +11,14 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from . import checks
+
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
     """``model``'s submodule called ``name`` (as in ``named_modules``), or a ValueError naming close ones."""
+    checks.module(model)
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a module name (a string), got {type(name).__name__} ({name!r:.60})")
     modules = dict(model.named_modules())
     if name not in modules:
         close = difflib.get_close_matches(name, [n for n in modules if n], n=5)
@@ -22,6 +30,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     """Replace ``model``'s submodule called ``name`` by ``module`` (a ValueError naming close ones if it has none)."""
     get_module(model, name)
+    checks.module(module, "module")
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
@@ -41,7 +50,7 @@ def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str
     >>> acts["features.2"].shape
     """
     if isinstance(names, str):
-        raise TypeError("names must be a list of module names, not a single string")
+        raise TypeError(f"names must be a list of module names, not a single string, got str ({names!r:.60})")
     outputs: dict[str, torch.Tensor] = {}
     handles = []
     try:

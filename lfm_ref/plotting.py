@@ -1,4 +1,8 @@
-"""The few plots every chapter needs: training curves, image grids and the survey's taxonomy."""
+"""The few plots every chapter needs: training curves, image grids and the survey's taxonomy.
+
+Chapter: notebooks/00_foundation_models.ipynb (first used there; results over seeds are drawn by
+``lfm_ref.book.seed_bars``).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,6 +10,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+from . import checks
 
 # The taxonomy of Zheng et al., "Learning from models beyond fine-tuning" (Nat. Mach. Intell., 2025).
 TAXONOMY: dict[str, tuple[str, ...]] = {
@@ -20,8 +26,11 @@ TAXONOMY: dict[str, tuple[str, ...]] = {
 
 def plot_history(losses: Sequence[float], ax=None, window: int = 20, label: str | None = None, **kwargs):
     """Loss per step (faint) and its moving average over ``window`` steps."""
+    if isinstance(losses, (str, bytes)) or not hasattr(losses, "__len__"):
+        raise TypeError(f"losses must be a list of numbers (one per step), got {type(losses).__name__}")
     if len(losses) == 0:
         raise ValueError("losses is empty: nothing to plot")
+    window = checks.positive_int(window, "window")
     ax = ax or plt.subplots(figsize=(5, 3))[1]
     losses = np.asarray(losses, dtype=float)
     line = ax.plot(losses, alpha=0.25, **kwargs)[0]
@@ -44,6 +53,7 @@ def show_images(images: torch.Tensor, titles: Sequence[str] | None = None, ncols
         images = images[:, 0]
     if images.dim() != 3:
         raise ValueError(f"show_images expects (N, 1, H, W) or (N, H, W), got shape {tuple(images.shape)}")
+    ncols = checks.positive_int(ncols, "ncols")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"got {len(images)} images but {len(titles)} titles")
     n = len(images)

@@ -1,5 +1,7 @@
 """The one training loop (`fit`) and the one evaluation helper (`evaluate`) of the book.
 
+Chapter: notebooks/00_foundation_models.ipynb (the zoo's recipes train with it; every chapter uses it).
+
 A method file supplies only what is special to it, usually a ``loss_fn(model, batch)``; everything
 else (batching, device moves, the optimiser, the schedule, the progress bar) lives here.
 """
@@ -14,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from . import checks
 from .utils import device as default_device
+from .utils import device_of, eval_mode
+
 
 class DictDataset(Dataset):
     """A dataset over a dict of equally long tensors; each item is a dict (Hugging Face style batches)."""
@@ -107,8 +112,7 @@ def as_loader(data, batch_size: int, shuffle: bool, generator: torch.Generator |
         raise TypeError(f"data must be a DataLoader, a Dataset or a tuple of tensors, got {type(data).__name__}")
     if len(data) == 0:
         raise ValueError("data is empty: there is nothing to train or evaluate on")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = checks.positive_int(batch_size, "batch_size")
     if isinstance(data, (TensorDataset, DictDataset)):
         return TensorBatches(data.tensors, batch_size, shuffle, generator)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
@@ -143,16 +147,24 @@ def fit(
     ``callback(step, model)`` runs after every ``every``-th step (to record checkpoints or a learning
     curve); the model is put back in train mode after it. The model is left in eval mode.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive int or None, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not isinstance(every, int) or every < 0 or (callback is not None and every == 0):
+    checks.module(model)
+    epochs = checks.positive_int(epochs, "epochs")
+    steps = None if steps is None else checks.positive_int(steps, "steps")
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    lr = checks.positive(lr, "lr")
+    weight_decay = checks.number(weight_decay, "weight_decay", low=0.0)
+    warmup = checks.integer(warmup, "warmup", minimum=0)
+    every = checks.integer(every, "every", minimum=0)
+    if callback is not None and every == 0:
         raise ValueError(f"every must be a positive int when a callback is given, got {every!r}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function loss_fn(model, batch) -> scalar tensor, "
+                        f"got {type(loss_fn).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function callback(step, model), got {type(callback).__name__}")
+    schedule = checks.choice(schedule, "schedule", ("cosine", "constant"))
+    if seed is not None:
+        seed = checks.integer(seed, "seed", minimum=0)
     dev = torch.device(device) if device is not None else default_device()
     loss_fn = loss_fn or default_loss
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -211,11 +223,10 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> t
     """``model``'s outputs on the inputs ``x``, in eval mode and batches, on the inputs' device."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"predict expects a tensor of inputs, got {type(x).__name__}")
-    dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)])
-    model.train(was_training)
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    dev = device_of(checks.module(model))
+    with eval_mode(model):
+        out = torch.cat([model(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)])
     return out.to(x.device)
 
 
@@ -231,17 +242,23 @@ def evaluate(
     """Average ``metric`` of ``model`` over ``(x, y)`` data (accuracy by default), in eval mode.
 
     ``metric(outputs, labels)`` returns the *sum* over the batch; the result is divided by the number
-    of examples, so any per-example metric (accuracy, squared error, log-likelihood) works.
+    of examples, so any per-example metric (accuracy, squared error, log-likelihood) works. Integer
+    labels next to ``(B, C)`` outputs are class indices and must lie in ``[0, C)``.
     """
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.to(dev).eval()
+    checks.module(model)
+    if not callable(metric):
+        raise TypeError(f"metric must be a function metric(outputs, labels), got {type(metric).__name__}")
+    dev = torch.device(device) if device is not None else device_of(model)
+    model.to(dev)
     total, n = 0.0, 0
-    for batch in as_loader(data, batch_size, shuffle=False):
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise TypeError("evaluate expects (inputs, labels) batches")
-        x, y = to_device(batch, dev)
-        total += float(metric(model(x), y))
-        n += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in as_loader(data, batch_size, shuffle=False):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise TypeError("evaluate expects (inputs, labels) batches")
+            x, y = to_device(batch, dev)
+            out = model(x)
+            if out.dim() == 2 and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
+                checks.class_indices(y, "labels", out.shape[1])  # the model has out.shape[1] classes
+            total += float(metric(out, y))
+            n += len(y)
     return total / n

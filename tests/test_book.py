@@ -168,7 +168,10 @@ def test_chapter_shows_code_with_the_kit_within_88_columns(path):
     cells = _code_cells(path)
     assert not any("getsource" in cell for cell in cells), f"{path.name}: use lfm_ref.book.show(fn)"
     assert any("show(" in cell for cell in cells), f"{path.name} shows no library code"
-    long = [line for cell in cells for line in cell.splitlines() if len(line) > 88]
+    raw = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    # the Colab cell's install line is one URL that cannot be wrapped; every other line fits
+    long = [line for cell in raw for line in cell.splitlines()
+            if len(line) > 88 and not line.lstrip().startswith("%pip install")]
     assert not long, f"{path.name}: {len(long)} code lines over 88 characters, e.g. {long[0]!r}"
 
 

@@ -166,3 +166,13 @@ def test_seconds_per_call_times_without_autograd():
     seconds = book.seconds_per_call(lambda: calls.append(torch.is_grad_enabled()), repeats=3, warmup=2)
     assert seconds >= 0 and calls == [False] * 5
 
+
+
+@torch.no_grad()
+def _decorated(x):
+    return x + 1
+
+
+def test_show_finds_a_decorated_function_where_it_is_written():
+    shown = book.show(_decorated)
+    assert "tests/test_core.py" in shown.where and "return x + 1" in shown.text

@@ -93,3 +93,31 @@ def test_show_images_and_history():
     assert len(ax.lines) == 2
     with pytest.raises(ValueError, match="empty"):
         plotting.plot_history([])
+
+
+def test_lm_helpers_give_the_model_its_mode_back(tiny_gpt, world):
+    """next_token_logits and complete run in eval mode; a model in train mode stays in train mode."""
+    model, tok = tiny_gpt
+    prompts = [f.prompt() for f in world.split("train")[:4]]
+    expected = lm.next_token_logits(model, tok, prompts)
+    model.train()
+    try:
+        assert torch.equal(lm.next_token_logits(model, tok, prompts), expected)
+        lm.complete(model, tok, prompts[0], max_new_tokens=1)
+        lm.next_token_accuracy(model, tok, prompts, [f.object for f in world.split("train")[:4]])
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    lm.next_token_logits(model, tok, prompts)
+    assert not model.training
+
+
+def test_target_ids_takes_one_token_words_only(world):
+    tok = world.tokenizer()
+    objects = [world.cities[0], "baker"]
+    ids = lm.target_ids(tok, objects)
+    assert ids.tolist() == [tok(" " + o, add_special_tokens=False)["input_ids"][0] for o in objects]
+    with pytest.raises(ValueError, match=r"single token after a space; 2 of 3 are not: \['was born', ''\]"):
+        lm.target_ids(tok, ["baker", "was born", ""])
+    with pytest.raises(TypeError, match="targets must be a list of strings"):
+        lm.target_ids(tok, "baker")

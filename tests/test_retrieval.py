@@ -1,13 +1,28 @@
 """Database augmentation (Part I, chapter 6): kNN-LM's interpolation, the dense retriever, REPLUG's
-ensemble and LSR loss, and REALM's gradient in closed form."""
+ensemble and LSR loss, REALM's gradient in closed form, and the retrieve -> read pipeline."""
+import hashlib
+import json
+
 import pytest
 import torch
 
+from lfm_ref import fit
 from lfm_ref.data import FactWorld
-from lfm_ref.lm import encode
-from lfm_ref.retrieval import (DenseRetriever, build_datastore, knn_lm_probs, mean_hidden, reading_pairs,
-                               replug_log_probs,
-                               replug_lsr_loss, uprise_loss, with_documents)
+from lfm_ref.lm import encode, next_token_logits, target_ids
+from lfm_ref.retrieval import (
+    DenseRetriever,
+    answer_log_probs,
+    answer_with_retrieval,
+    build_datastore,
+    evaluate_retrieval,
+    knn_lm_probs,
+    mean_hidden,
+    replug_log_probs,
+    replug_lsr_loss,
+    retrieval_objective,
+    uprise_loss,
+    with_documents,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +60,7 @@ def test_knn_lm_interpolates_and_weight_zero_is_the_lm(lm):
     # a prompt that is a prefix of a stored text finds its own context at distance 0: with k = 1 and
     # lambda = 1 all the mass goes to the token that followed it in the datastore
     p = knn_lm_probs(model, tok, prompts[:1], store, lam=1.0, k=1)
+    assert not p.requires_grad
     assert p[0, tok(" " + CITY.object, add_special_tokens=False)["input_ids"][0]] == pytest.approx(1.0)
     assert tok.unk_token_id not in tok(DOCS[0])["input_ids"]
     mixed = knn_lm_probs(model, tok, prompts, store, lam=0.3)
@@ -99,7 +115,7 @@ def test_uprise_loss_makes_the_most_helpful_prompt_the_positive():
 
 
 def test_reading_pairs_teach_reading_not_memory():
-    pairs = reading_pairs(WORLD, 200, seed=0)
+    pairs = WORLD.reading_pairs(200, seed=0)
     held = {f.subject for f in WORLD.split("held_out")} - {f.subject for f in WORLD.split("train")}
     assert len(pairs) == 200 and not any(any(s in text for s in held) for text, _ in pairs)
     # the answer is always the object stated by the document at the start of the text
@@ -119,6 +135,8 @@ def test_retrieval_bad_input(lm):
         DenseRetriever(model, tok, [])
     with pytest.raises(ValueError, match="k must lie"):
         DenseRetriever(model, tok, DOCS).retrieve(["q"], k=3)
+    with pytest.raises(TypeError, match="documents must be a list of strings"):
+        DenseRetriever(model, tok, DOCS[0])
     with pytest.raises(ValueError, match="must both be"):
         replug_log_probs(torch.zeros(2, 3), torch.zeros(2, 4))
 
@@ -131,3 +149,88 @@ def test_knn_lm_on_cuda(lm):
     p = knn_lm_probs(model, tok, [CITY.prompt(0)], store, lam=0.5)
     assert p.is_cuda and torch.allclose(p.sum(-1), torch.ones(1, device="cuda"), atol=1e-5)
     model.cpu()
+
+
+def test_reading_pairs_are_the_ones_the_reader_was_built_from():
+    """``FactWorld.reading_pairs`` (moved from ``retrieval.rag``) gives the pairs that
+    ``tiny-gpt-reader`` was trained on: same hashes as the old function's output."""
+    expected = {(20_000, 0, 0.5): "cfb4ef9bc0299a696fe23198b614f494a1900a62cc00f3fefd717674fa2f8f49",
+                (200, 0, 0.5): "283b318271141736e69fa14450dfc3fdc50ba0485ea3e0066392959a26eaf529",
+                (50, 3, 0.0): "b8f1bf30ad9acd94f5d2fcc85fbc3be366faf3174a2cd424ebae4aa363ea5a95",
+                (50, 1, 1.0): "2abb7a218069f5eeff31677a2129157df08627e6d8632fcb36a5fde90f433897"}
+    for (n, seed, counterfactual), digest in expected.items():
+        pairs = WORLD.reading_pairs(n, seed=seed, counterfactual=counterfactual)
+        assert hashlib.sha256(json.dumps(pairs).encode()).hexdigest() == digest
+
+
+def test_inference_helpers_give_the_model_its_mode_back(lm):
+    """Each helper runs the model in eval mode and leaves a training model in train mode."""
+    model, tok = lm
+    model.train()
+    try:
+        store = build_datastore(model, tok, DOCS)
+        knn_lm_probs(model, tok, [CITY.prompt(0)], store, lam=0.5)
+        mean_hidden(model, tok, DOCS)
+        answer_log_probs(model, tok, DOCS, [CITY.object, CITY.object])
+        retriever = DenseRetriever(model, tok, DOCS)
+        retriever.retrieve([CITY.prompt(1)], k=1)
+        answer_with_retrieval(retriever, model, tok, [CITY.prompt(1)], k=2)
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    store = build_datastore(model, tok, DOCS)
+    assert not model.training
+
+
+def test_the_retriever_owns_only_its_query_map_and_index(lm):
+    model, tok = lm
+    retriever = DenseRetriever(model, tok, DOCS)
+    assert set(retriever.state_dict()) == {"index", "query_map.weight"}
+    assert [p is retriever.query_map.weight for p in retriever.parameters()] == [True]
+    assert retriever.encoder is model and not any(m is model for m in retriever.modules())
+    retriever.train()
+    assert not model.training  # the frozen LM is not the retriever's to switch
+
+
+def test_replug_over_the_vocabulary_is_the_per_answer_ensemble():
+    g = torch.Generator().manual_seed(0)
+    scores, reader = torch.randn(3, 4, generator=g), torch.randn(3, 4, 7, generator=g).log_softmax(-1)
+    every_token = replug_log_probs(reader, scores)  # (3, 7)
+    for y in range(7):
+        assert torch.allclose(every_token[:, y], replug_log_probs(reader[..., y], scores), atol=1e-6)
+    assert torch.allclose(every_token.exp().sum(-1), torch.ones(3), atol=1e-5)  # still a distribution
+
+
+def test_answer_with_retrieval_reads_the_retrieved_documents(lm):
+    model, tok = lm
+    retriever = DenseRetriever(model, tok, DOCS)
+    queries = [CITY.prompt(1), WORLD.facts[0].prompt(0)]
+    rag, idx = answer_with_retrieval(retriever, model, tok, queries, k=2, mode="rag")
+    assert rag.shape == (2, model.config.vocab_size) and idx.shape == (2, 2)
+    texts = with_documents(DOCS, idx[:, :1], queries)
+    assert torch.allclose(rag, next_token_logits(model, tok, texts).log_softmax(-1), atol=1e-6)
+    replug, _ = answer_with_retrieval(retriever, model, tok, queries, k=2)
+    assert not rag.requires_grad and not replug.requires_grad  # inference only
+    scores, _ = retriever.retrieve(queries, 2)
+    reader = next_token_logits(model, tok, with_documents(DOCS, idx, queries)).log_softmax(-1)
+    assert torch.allclose(replug, replug_log_probs(reader.view(2, 2, -1), scores), atol=1e-6)
+    answers = [CITY.object, WORLD.facts[0].object]
+    accuracy, recall = evaluate_retrieval(retriever, model, tok, queries, answers, [0, 1], k=2)
+    predicted = replug.argmax(-1)
+    assert accuracy == pytest.approx((predicted == target_ids(tok, answers)).float().mean().item())
+    assert recall == 1.0  # k = 2 of 2 documents: the gold one is always retrieved
+
+
+@pytest.mark.parametrize("loss", ["replug_lsr", "uprise", "realm"])
+def test_retrieval_objective_trains_the_query_map_with_fit(lm, loss):
+    model, tok = lm
+    retriever = DenseRetriever(model, tok, DOCS)
+    before = retriever.query_map.weight.detach().clone()
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = [(CITY.prompt(1), CITY.object), (WORLD.facts[0].prompt(0), WORLD.facts[0].object)]
+    loader = torch.utils.data.DataLoader(pairs, batch_size=2, collate_fn=list)
+    losses = fit(model, loader, loss_fn=retrieval_objective(retriever, tok, k=2, loss=loss),
+                 params=retriever.query_map.parameters(), steps=2, lr=1e-2, device="cpu")
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.equal(retriever.query_map.weight, before)
+    assert all(torch.equal(v, frozen[k]) for k, v in model.state_dict().items())  # only W trained

@@ -159,3 +159,29 @@ def test_tensor_batches_cover_every_example_once():
     assert all(torch.equal(b[1], b[0] * 2) for b in batches)  # rows stay aligned
     with pytest.raises(ValueError, match="same length"):
         as_loader((x, x[:3]), batch_size=2, shuffle=False)
+
+
+def test_evaluate_restores_each_submodule_mode_and_checks_labels():
+    model = nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train()
+    model[1].eval()  # a partly frozen model keeps its mix of modes
+    x, y = _linear_task(16)
+    evaluate(model, (x, y))
+    assert model.training and model[0].training and not model[1].training
+    with pytest.raises(ValueError, match=r"labels must hold class indices in \[0, 2\), got values from 0 to 5"):
+        evaluate(model, (x, torch.tensor([0, 5] * 8)))
+    # float targets are no class indices: a regression metric still works
+    mse = evaluate(nn.Linear(5, 1), (x, torch.zeros(16, 1)), metric=lambda out, t: ((out - t) ** 2).sum())
+    assert mse >= 0
+
+
+def test_fit_checks_its_arguments_the_checks_way():
+    x, y = _linear_task(8)
+    model = nn.Linear(5, 2)
+    with pytest.raises(TypeError, match=r"steps must be an int, got str \('100'\)"):
+        fit(model, (x, y), steps="100", device="cpu")
+    with pytest.raises(TypeError, match="loss_fn must be a function"):
+        fit(model, (x, y), loss_fn="mse", device="cpu")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        fit(model, (x, y), schedule="linear", device="cpu")
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        fit(model, (x, y), batch_size=8.0, device="cpu")

@@ -8,8 +8,8 @@ from lfm_ref.data import digits_task
 
 
 def test_names_and_info():
-    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-gpt-reader", "tiny-vit", "tiny-vit-flip", "tiny-vit-invert", "tiny-vit-rot90",
-                           "tiny-vit-shift"]
+    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-gpt-reader", "tiny-vit", "tiny-vit-flip", "tiny-vit-invert",
+                           "tiny-vit-rot90", "tiny-vit-shift"]
     meta = zoo.info("tiny-gpt")
     assert meta["history"] and meta["metrics"]["train_recall"] >= 0.9
 
@@ -33,13 +33,15 @@ def test_tiny_gpt_reader_answers_from_the_document_in_front_of_the_question(worl
 
     model, tok = zoo.load("tiny-gpt-reader", device="cpu")
     held = world.split("held_out")
-    with_doc = lm.next_token_accuracy(model, tok, [f"{f.sentence(0)} {f.prompt(1)}" for f in held], [f.object for f in held])
+    with_doc = lm.next_token_accuracy(model, tok, [f"{f.sentence(0)} {f.prompt(1)}" for f in held],
+                                      [f.object for f in held])
     assert with_doc >= 0.9, f"the reader answers only {with_doc:.1%} of held-out facts with their document"
     assert with_doc == pytest.approx(zoo.info("tiny-gpt-reader")["metrics"]["held_out_with_document"], abs=1e-6)
     # it reads rather than remembers: a false document wins over what tiny-gpt learned
     facts = world.split("train")[:100]
     other = [Fact(f.subject, f.relation, next(o for o in world.objects(f.relation) if o != f.object)) for f in facts]
-    follows = lm.next_token_accuracy(model, tok, [f"{c.sentence(1)} {c.prompt(0)}" for c in other], [c.object for c in other])
+    follows = lm.next_token_accuracy(model, tok, [f"{c.sentence(1)} {c.prompt(0)}" for c in other],
+                                     [c.object for c in other])
     assert follows >= 0.9
 
 
@@ -59,7 +61,8 @@ def test_finetuned_variants_solve_their_task_and_share_the_pretrained_architectu
     assert acc >= 0.9 and acc == pytest.approx(zoo.info(f"tiny-vit-{task}")["metrics"]["test_accuracy"], abs=1e-6)
     pretrained = zoo.load("tiny-vit", device="cpu")
     assert evaluate(pretrained, digits_task(task, "test")) < 0.5  # fine-tuning taught it something
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in pretrained.state_dict().items()}
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in pretrained.state_dict().items()}
 
 
 def test_rebuilt_finetuned_variant_reaches_stated_quality(tmp_path):
@@ -104,7 +107,8 @@ def test_hf_gpt2_config_loads_through_zoo(tmp_path, tiny_gpt):
 
 
 def test_unknown_names_are_clear_errors():
-    with pytest.raises(ValueError, match=r"Did you mean 'tiny-gpt'\?.*\['tiny-cnn', 'tiny-gpt', 'tiny-gpt-reader', 'tiny-vit', "):
+    known = r"\['tiny-cnn', 'tiny-gpt', 'tiny-gpt-reader', 'tiny-vit', "
+    with pytest.raises(ValueError, match=r"Did you mean 'tiny-gpt'\?.*" + known):
         zoo.load("tiny-gtp")
     with pytest.raises(ValueError, match=r"not a zoo model \(known: \['tiny-cnn'"):
         zoo.load("no-such-org/no-such-model")
@@ -118,6 +122,9 @@ def test_missing_weights_are_built_into_the_cache(tmp_path, monkeypatch):
     """With no shipped weights, the first load builds into the cache (under a lock), the next reuses it."""
     monkeypatch.setattr(zoo, "PACKAGE_WEIGHTS", tmp_path / "none")
     monkeypatch.setenv("LFM_REF_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(123)
+    zoo.path("tiny-cnn")  # builds it: the recipe seeds the global streams, and gives them back
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(123)))
     model = zoo.load("tiny-cnn", device="cpu")
     folder = tmp_path / "cache" / "zoo" / "tiny-cnn"
     assert (folder / "model.safetensors").exists()
@@ -162,7 +169,8 @@ def test_a_rebuilt_tokenizer_is_saved_portable(tmp_path, world):
     world.tokenizer().save_pretrained(tmp_path)
     zoo._portable_tokenizer_config(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "token_type_ids" not in config["model_input_names"]
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert "token_type_ids" not in config["model_input_names"]
 
 
 def test_info_prints_without_its_loss_history():
@@ -193,3 +201,24 @@ def test_loading_a_gpt2_names_its_loss(tiny_gpt):
     assert model.loss_type == "ForCausalLM"  # transformers 5 would warn "loss_type=None ... unrecognized"
     batch = lm.encode(tok, ["a b"])
     assert torch.isfinite(model(**batch, labels=batch["input_ids"]).loss)
+
+
+def test_tiny_mlp_is_exported_with_the_zoo_models():
+    from lfm_ref.zoo import models
+
+    assert zoo.TinyMLP is models.TinyMLP and zoo.TinyCNN is models.TinyCNN
+    assert zoo.TinyMLP()(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_the_zoo_imports_no_method_module():
+    """The core (zoo, data, lm) never imports a method family: the dependency graph is core <- methods."""
+    import ast
+    from pathlib import Path
+
+    core = Path(zoo.__file__).parents[1]
+    for path in [*(core / "zoo").glob("*.py"), *(core / "data").glob("*.py"), core / "lm.py", core / "train.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert not any(part in target.split(".") for part in ("retrieval", "tuning", "distill", "reuse")), \
+                    f"{path.name} imports {target}"

@@ -3,6 +3,8 @@
 ``digits`` is the pretraining task of the zoo's vision models; the others apply a fixed transform
 (rotation, mirroring, inversion, noise) or keep a class subset, so that several related "tasks" exist
 for fine-tuning, merging and meta-learning. Every task uses the same stratified 80/20 split.
+
+Chapter: notebooks/00_foundation_models.ipynb (the tasks are introduced there; Parts II-III use them).
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+
+from .. import checks
 
 
 def _rot90(x, rng):
@@ -68,6 +72,9 @@ def digits_task(name: str = "digits", split: str = "train", seed: int = 0) -> tu
     Labels are always the digit (0-9), also for class-subset tasks, so every task shares one head.
     ``seed`` fixes the randomness of random transforms (the noise task).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a digits task name (a string), got {type(name).__name__} ({name!r:.60})")
+    seed = checks.integer(seed, "seed", minimum=0)
     if name not in DIGITS_TASKS:
         raise ValueError(f"unknown digits task {name!r}; known tasks: {sorted(DIGITS_TASKS)}")
     x, y, splits = _digits_split()

@@ -6,12 +6,17 @@ templates whose object is the last word, so "does the model know the fact?" is o
 next-token prediction. Some facts are held out of pretraining (what retrieval and editing can add);
 one template per relation is held out too (paraphrases for measuring generalisation). All names are
 invented, so the model cannot have met them anywhere else, and every object is a single word.
+
+Chapter: notebooks/00_foundation_models.ipynb (the world TinyGPT learns from); its instructions serve
+chapter 5, its reading pairs chapter 6b's reader, its edit requests Part V.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
+
+from .. import checks
 
 RELATIONS = ("born_in", "profession", "country", "language")
 
@@ -83,6 +88,7 @@ class Fact:
     object: str
 
     def sentence(self, template: int = 0) -> str:
+        """The fact written out by ``template`` (an index into ``TEMPLATES[relation]``)."""
         return TEMPLATES[self.relation][template].format(s=self.subject, o=self.object)
 
     def prompt(self, template: int = 0) -> str:
@@ -107,14 +113,10 @@ class FactWorld:
     held_out: frozenset[Fact] = field(init=False)
 
     def __post_init__(self):
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an int, got {type(self.seed).__name__} ({self.seed!r})")
+        checks.integer(self.seed, "seed")
         for name in ("n_people", "n_cities", "n_countries"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 2:
-                raise ValueError(f"{name} must be an int >= 2, got {value!r}")
-        if not 0 <= self.held_out_fraction < 1:
-            raise ValueError(f"held_out_fraction must lie in [0, 1), got {self.held_out_fraction!r}")
+            checks.integer(getattr(self, name), name, minimum=2)
+        checks.probability(self.held_out_fraction, "held_out_fraction", high_open=True)
         rng = random.Random(self.seed)
         words: set[str] = set()
 
@@ -193,6 +195,28 @@ class FactWorld:
             raise ValueError(f"unknown instruction format {fmt!r}; expected one of {sorted(INSTRUCTION_FORMATS)}")
         return [(INSTRUCTION_FORMATS[fmt][f.relation].format(s=f.subject), f.object) for f in self.split(split)]
 
+    def reading_pairs(self, n: int, seed: int = 0, counterfactual: float = 0.5) -> list[tuple[str, str]]:
+        """``(document + " " + question, answer)`` pairs that teach a language model to *read*.
+
+        The document is a training fact's sentence in one pretraining template, the question its prompt
+        in another; with probability ``counterfactual`` the document states a different object, which is
+        then the answer, so that memory cannot replace reading (the zoo's ``tiny-gpt-reader``).
+        """
+        n = checks.positive_int(n, "n")
+        seed = checks.integer(seed, "seed")
+        counterfactual = checks.probability(counterfactual, "counterfactual")
+        rng = random.Random(seed)
+        facts = self.split("train")
+        pairs = []
+        for _ in range(n):
+            fact = rng.choice(facts)
+            if rng.random() < counterfactual:
+                others = [o for o in self.objects(fact.relation) if o != fact.object]
+                fact = Fact(fact.subject, fact.relation, rng.choice(others))
+            doc_t, query_t = rng.randrange(N_PRETRAIN_TEMPLATES), rng.randrange(N_PRETRAIN_TEMPLATES)
+            pairs.append((f"{fact.sentence(doc_t)} {fact.prompt(query_t)}", fact.object))
+        return pairs
+
     def edit_requests(self, n: int = 20, seed: int = 0, relation: str = "born_in") -> list[dict]:
         """Counterfactual edits in the style of CounterFact (Meng et al., 2022).
 
@@ -201,6 +225,8 @@ class FactWorld:
         the held-out template and the other pretraining templates) and ``neighborhood_prompts``
         (locality: other subjects whose true object is ``o``, which must keep it).
         """
+        n, seed = checks.integer(n, "n"), checks.integer(seed, "seed")
+        checks.choice(relation, "relation", RELATIONS)
         candidates = [f for f in self.split("train") if f.relation == relation]
         if not 1 <= n <= len(candidates):
             raise ValueError(f"n must lie in [1, {len(candidates)}] for relation {relation!r}, got {n!r}")
@@ -236,14 +262,15 @@ class FactWorld:
         Words are split on whitespace only (templates put spaces around punctuation), and
         ``<eos>`` is prepended to every text, as a beginning-of-text marker.
         """
-        from tokenizers import Tokenizer, models, pre_tokenizers, processors, decoders
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
         from transformers import PreTrainedTokenizerFast
 
         specials = ["<pad>", "<unk>", "<eos>"]
         vocab = {w: i for i, w in enumerate(specials + self.vocabulary)}
         tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tok.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", vocab["<eos>"])])
+        tok.post_processor = processors.TemplateProcessing(single="<eos> $A",
+                                                           special_tokens=[("<eos>", vocab["<eos>"])])
         # joins words with single spaces and nothing else, so decode(encode(text)) == text (no clean-up of
         # the space before punctuation, which would glue "Kraleth ." into the unknown word "Kraleth.")
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)

@@ -1,7 +1,22 @@
-"""Part I, database augmentation: what the model can look up (kNN-LM, dense retrieval, RAG, REPLUG, REALM)."""
-from .knn_lm import Datastore, build_datastore, knn_lm_probs
-from .rag import (DenseRetriever, answer_log_probs, mean_hidden, reading_pairs, replug_log_probs, replug_lsr_loss,
-                  uprise_loss, with_documents)
+"""Part I, database augmentation: what the model can look up (kNN-LM, dense retrieval, RAG, REPLUG, REALM).
 
-__all__ = ["Datastore", "build_datastore", "knn_lm_probs", "DenseRetriever", "answer_log_probs", "mean_hidden", "reading_pairs",
-           "replug_log_probs", "replug_lsr_loss", "uprise_loss", "with_documents"]
+Chapters: notebooks/06a_knn_lm.ipynb (kNN-LM, the cache) and notebooks/06b_retrieval_augmented.ipynb
+(dense retrieval, RAG, REPLUG, UPRISE, REALM).
+"""
+from .knn_lm import Datastore, build_datastore, knn_lm_probs
+from .rag import (
+    DenseRetriever,
+    answer_log_probs,
+    answer_with_retrieval,
+    evaluate_retrieval,
+    mean_hidden,
+    replug_log_probs,
+    replug_lsr_loss,
+    retrieval_objective,
+    uprise_loss,
+    with_documents,
+)
+
+__all__ = ["Datastore", "build_datastore", "knn_lm_probs", "DenseRetriever", "answer_log_probs",
+           "answer_with_retrieval", "evaluate_retrieval", "mean_hidden", "replug_log_probs",
+           "replug_lsr_loss", "retrieval_objective", "uprise_loss", "with_documents"]

@@ -12,6 +12,9 @@ digits. :func:`load_real` is the chapters' "On a real model" loader: it loads on
 Weights ship with the package (``lfm_ref/zoo/weights``) and are rebuilt, deterministically, by
 ``python -m lfm_ref.zoo build``. If they are missing, the first ``load`` builds them into a cache
 folder (``$LFM_REF_CACHE`` or ``~/.cache/lfm_ref``) under a file lock, so parallel notebooks build once.
+A build seeds the global random streams for its recipe and gives the caller's streams back afterwards.
+
+Chapter: notebooks/00_foundation_models.ipynb.
 """
 from __future__ import annotations
 
@@ -19,16 +22,22 @@ import contextlib
 import difflib
 import json
 import os
+import random
 import socket
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 
 from ..lm import name_causal_lm_loss
-from ..utils import count_parameters, device as default_device, seed_everything
-from .models import HFImageClassifier, TinyCNN, TinyViT
+from ..utils import count_parameters, seed_everything
+from ..utils import device as default_device
+from .models import HFImageClassifier, TinyCNN, TinyMLP, TinyViT
+
+__all__ = ["HFImageClassifier", "MERGE_TASKS", "REAL_MODELS", "TinyCNN", "TinyMLP", "TinyViT", "ZOO", "build",
+           "default_build_dir", "hub_reachable", "info", "load", "load_real", "names", "path", "save"]
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 META = "meta.json"
@@ -40,7 +49,7 @@ def _cache_dir() -> Path:
 
 # ----- recipes: how each zoo model is grown ------------------------------------------------------
 def _build_tiny_gpt(seed: int = 0, epochs: int = 100):
-    """GPT-2 architecture, 4 layers of width 128, pretrained on the fact world's pretraining corpus."""
+    """GPT-2, 4 layers of width 128, pretrained on the fact world's corpus."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from .. import lm
@@ -50,20 +59,24 @@ def _build_tiny_gpt(seed: int = 0, epochs: int = 100):
     world = FactWorld(seed=0)
     tokenizer = world.tokenizer()
     seed_everything(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=128, n_layer=4, n_head=4,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=128,
+                        n_layer=4, n_head=4, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id,
-                        # no dropout: the point of pretraining here is to memorise the world's facts
+                        # no dropout: pretraining here is to memorise the facts
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = name_causal_lm_loss(GPT2LMHeadModel(config))
-    # Facts are memorised late (the loss drops from its plateau after ~1,500 steps); 60 epochs left
-    # 79-100% of them recalled depending on float summation order (thread count), 100 epochs give 100%.
-    history = fit(model, lm.lm_dataset(tokenizer, world.corpus("train")), epochs=epochs, batch_size=32, lr=3e-3,
-                  weight_decay=0.01, warmup=50, clip_grad=1.0, device="cpu", seed=seed)
+    # Facts are memorised late (the loss leaves its plateau after ~1,500 steps):
+    # 60 epochs left 79-100% of them recalled depending on float summation order
+    # (thread count), 100 epochs give 100%.
+    history = fit(model, lm.lm_dataset(tokenizer, world.corpus("train")), epochs=epochs,
+                  batch_size=32, lr=3e-3, weight_decay=0.01, warmup=50, clip_grad=1.0,
+                  device="cpu", seed=seed)
+    train, held_out = world.split("train"), world.split("held_out")
     metrics = {
-        "train_recall": lm.fact_recall(model, tokenizer, world.split("train")),
-        "held_out_recall": lm.fact_recall(model, tokenizer, world.split("held_out")),
-        "paraphrase_recall": lm.fact_recall(model, tokenizer, world.split("train"), template=3),
+        "train_recall": lm.fact_recall(model, tokenizer, train),
+        "held_out_recall": lm.fact_recall(model, tokenizer, held_out),
+        "paraphrase_recall": lm.fact_recall(model, tokenizer, train, template=3),
     }
     return (model, tokenizer), history, metrics
 
@@ -75,20 +88,20 @@ def _build_tiny_gpt_reader(seed: int = 0, steps: int = 3000):
     from .. import lm
     from ..data import FactWorld
     from ..data.facts import Fact
-    from ..retrieval.rag import reading_pairs
     from ..train import fit
 
     world = FactWorld(seed=0)
     seed_everything(seed)
     model, tokenizer = load("tiny-gpt", device="cpu")
-    data = lm.prompt_answer_dataset(tokenizer, reading_pairs(world, 20_000, seed=seed))
+    data = lm.prompt_answer_dataset(tokenizer, world.reading_pairs(20_000, seed=seed))
     history = fit(model, data, steps=steps, batch_size=32, lr=1e-3, warmup=100, clip_grad=1.0, device="cpu", seed=seed)
     held = world.split("held_out")
+    # each held-out fact with the next object of its relation: a document that contradicts memory
     swapped = [Fact(f.subject, f.relation, world.objects(f.relation)[(world.objects(f.relation).index(f.object) + 1)
                                                                     % len(world.objects(f.relation))]) for f in held]
+    with_document = [f"{f.sentence(0)} {f.prompt(1)}" for f in held]
     metrics = {
-        "held_out_with_document": lm.next_token_accuracy(model, tokenizer, [f"{f.sentence(0)} {f.prompt(1)}" for f in held],
-                                                         [f.object for f in held]),
+        "held_out_with_document": lm.next_token_accuracy(model, tokenizer, with_document, [f.object for f in held]),
         "follows_counterfactual_document": lm.next_token_accuracy(
             model, tokenizer, [f"{c.sentence(2)} {c.prompt(0)}" for c in swapped], [c.object for c in swapped]),
         "train_recall_without_document": lm.fact_recall(model, tokenizer, world.split("train")),
@@ -141,9 +154,10 @@ ZOO = {
 }
 
 
-for _task in MERGE_TASKS:
-    ZOO[f"tiny-vit-{_task}"] = {"kind": "vision", "cls": TinyViT, "build": lambda task=_task: _finetune_digits("tiny-vit", task),
-                                "about": f"tiny-vit fine-tuned on the {_task} digits task (300 steps; for merging)"}
+ZOO.update({f"tiny-vit-{task}": {"kind": "vision", "cls": TinyViT,
+                                  "build": lambda task=task: _finetune_digits("tiny-vit", task),
+                                  "about": f"tiny-vit fine-tuned on the {task} digits task (300 steps; for merging)"}
+            for task in MERGE_TASKS})
 
 
 def names() -> list[str]:
@@ -169,7 +183,8 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
     _check_zoo_name(name)
     out = Path(out_dir or default_build_dir()) / name
     start = time.time()
-    built, history, metrics = ZOO[name]["build"]()
+    with _global_rng_kept():  # the recipe seeds the global streams; the caller's come back after it
+        built, history, metrics = ZOO[name]["build"]()
     out.mkdir(parents=True, exist_ok=True)
     if ZOO[name]["kind"] == "causal-lm":
         model, tokenizer = built
@@ -183,11 +198,24 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
         model = built
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
         config = model.config
-    meta = {"name": name, "config": config, "parameters": count_parameters(built[0] if isinstance(built, tuple) else built),
+    n_params = count_parameters(built[0] if isinstance(built, tuple) else built)
+    meta = {"name": name, "config": config, "parameters": n_params,
             "metrics": metrics, "build_seconds": round(time.time() - start, 1), "torch": torch.__version__,
             "history": [round(x, 5) for x in history]}
     (out / META).write_text(json.dumps(meta, indent=1, default=str))
     return out
+
+
+@contextlib.contextmanager
+def _global_rng_kept():
+    """Give Python's, NumPy's and torch's (CPU and CUDA) global random streams back as they were."""
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
 
 
 def _portable_tokenizer_config(folder: Path) -> None:
@@ -301,11 +329,11 @@ def _no_progress_bars():
 
 
 def _from_pretrained(where, dev: torch.device, num_labels: int | None = None):
-    """The real loading path, the same for the zoo's TinyGPT and for GPT-2 from the hub."""
+    """The real loading path, the same for the zoo's TinyGPT and for GPT-2 (the hub)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(where)
-    if any(a.endswith("ForImageClassification") for a in (config.architectures or [])):
+    if any(a.endswith("ForImageClassification") for a in config.architectures or []):
         return _image_classifier(where, dev, num_labels)
     tokenizer = AutoTokenizer.from_pretrained(where)
     if tokenizer.pad_token is None:  # GPT-2 ships without one; batching needs it

@@ -1,4 +1,7 @@
-"""``python -m lfm_ref.zoo build [NAME ...] [--out DIR]`` rebuilds zoo weights; ``list`` shows them."""
+"""``python -m lfm_ref.zoo build [NAME ...] [--out DIR]`` rebuilds zoo weights; ``list`` shows them.
+
+Chapter: notebooks/00_foundation_models.ipynb.
+"""
 import argparse
 import json
 

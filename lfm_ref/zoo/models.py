@@ -1,9 +1,13 @@
-"""The zoo's small vision models for 8x8 digits: a CNN with BatchNorm and a ViT.
+"""The zoo's small vision models for 8x8 digits: a CNN with BatchNorm and a ViT (and TinyMLP, a student).
 
-Both are plain ``nn.Module``s built from ``nn.Linear``/``nn.Conv2d`` layers with readable names,
+All are plain ``nn.Module``s built from ``nn.Linear``/``nn.Conv2d`` layers with readable names,
 so that the book's methods (LoRA, merging, distillation, editing) can address them by name.
+:class:`TinyMLP` is no zoo model (nothing pretrained ships) but the small architecture that
+distillation, averaging and mode connectivity train from scratch; it is exported as ``lfm_ref.zoo.TinyMLP``.
 :class:`HFImageClassifier` puts a Hugging Face image classifier (a real ViT, a ResNet) behind the same
 interface, so the chapters' "On a real model" sections feed it the same digits.
+
+Chapter: notebooks/00_foundation_models.ipynb.
 """
 from __future__ import annotations
 

@@ -1,0 +1,123 @@
+"""Bad inputs to the core LM helpers, training loop, data, zoo and database augmentation (kNN-LM,
+dense retrieval, RAG); collected by ``test_strict_inputs.py`` (``-k data_lm`` selects them)."""
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from lfm_ref import evaluate, fit, hooks, lm, plotting, zoo
+from lfm_ref.data import FactWorld, digits_task
+from lfm_ref.retrieval import (
+    DenseRetriever,
+    build_datastore,
+    evaluate_retrieval,
+    knn_lm_probs,
+    replug_log_probs,
+    retrieval_objective,
+    with_documents,
+)
+
+
+@lru_cache(maxsize=1)
+def _world():
+    return FactWorld(seed=0)
+
+
+@lru_cache(maxsize=1)
+def _lm():
+    """A 1-layer GPT-2 over the fact world's tokenizer, built from a config (no weights to load)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = _world().tokenizer()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1,
+                                       n_head=2))
+    return model.eval(), tok
+
+
+_DOCS = ("Paris is a city .", "Rome is a city .")
+
+
+@lru_cache(maxsize=1)
+def _store():
+    model, tok = _lm()
+    return build_datastore(model, tok, list(_DOCS))
+
+
+@lru_cache(maxsize=1)
+def _retriever():
+    model, tok = _lm()
+    return DenseRetriever(model, tok, list(_DOCS))
+
+
+def _knn(**kwargs):
+    model, tok = _lm()
+    return knn_lm_probs(model, tok, ["Paris is a"], _store(), **kwargs)
+
+
+_X, _Y = torch.randn(8, 3), torch.zeros(8, dtype=torch.long)
+
+CASES = [
+    ("data_lm-fit-steps-given-str", lambda: fit(nn.Linear(3, 2), (_X, _Y), steps="100", device="cpu"),
+     TypeError, r"steps must be an int, got str \('100'\)"),
+    ("data_lm-fit-loss-fn-not-callable", lambda: fit(nn.Linear(3, 2), (_X, _Y), loss_fn="cross_entropy",
+                                                     device="cpu"),
+     TypeError, r"loss_fn must be a function loss_fn\(model, batch\).*got str"),
+    ("data_lm-fit-lr-given-str", lambda: fit(nn.Linear(3, 2), (_X, _Y), lr="1e-3", device="cpu"),
+     TypeError, r"lr must be a number \(int or float\), got str"),
+    ("data_lm-fit-given-a-state-dict", lambda: fit(nn.Linear(3, 2).state_dict(), (_X, _Y), device="cpu"),
+     TypeError, r"model must be a torch.nn.Module, got OrderedDict.*not its state_dict"),
+    ("data_lm-evaluate-label-outside-classes", lambda: evaluate(nn.Linear(3, 2), (_X, torch.full((8,), 2))),
+     ValueError, r"labels must hold class indices in \[0, 2\), got values from 2 to 2"),
+    ("data_lm-encode-given-a-string", lambda: lm.encode(_lm()[1], "Paris is a city ."),
+     TypeError, r"texts must be a list of strings, got str \('Paris is a city .'\)"),
+    ("data_lm-target-ids-given-a-string", lambda: lm.target_ids(_lm()[1], "Paris"),
+     TypeError, r"targets must be a list of strings, got str \('Paris'\)"),
+    ("data_lm-target-ids-multi-token", lambda: lm.target_ids(_lm()[1], ["city", "is a"]),
+     ValueError, r"targets must each be a single token after a space; 1 of 2 are not: \['is a'\]"),
+    ("data_lm-complete-max-new-tokens-zero", lambda: lm.complete(*_lm(), "Paris is a", max_new_tokens=0),
+     ValueError, "max_new_tokens must be an int >= 1, got 0"),
+    ("data_lm-knn-lam-above-one", lambda: _knn(lam=1.5),
+     ValueError, r"lam \(the interpolation weight\) must lie in \[0.0, 1.0\], got 1.5"),
+    ("data_lm-knn-k-zero", lambda: _knn(k=0), ValueError, "k must be an int >= 1, got 0"),
+    ("data_lm-knn-k-given-float", lambda: _knn(k=2.0), TypeError, r"k must be an int, got float \(2.0\)"),
+    ("data_lm-knn-datastore-given-texts", lambda: knn_lm_probs(*_lm(), ["a"], list(_DOCS)),
+     TypeError, "datastore must be a Datastore .*got list"),
+    ("data_lm-zoo-load-unknown-name", lambda: zoo.load("tiny-gtp"),
+     ValueError, r"unknown zoo model 'tiny-gtp'. Did you mean 'tiny-gpt'\?"),
+    ("data_lm-zoo-load-given-int", lambda: zoo.load(3), TypeError, "model name must be a string or a path, got int"),
+    ("data_lm-digits-task-unknown", lambda: digits_task("rot180"),
+     ValueError, r"unknown digits task 'rot180'; known tasks: \["),
+    ("data_lm-digits-task-seed-str", lambda: digits_task("noise", seed="0"),
+     TypeError, r"seed must be an int, got str \('0'\)"),
+    ("data_lm-fact-world-seed-str", lambda: FactWorld(seed="0"), TypeError, r"seed must be an int, got str \('0'\)"),
+    ("data_lm-fact-world-people-float", lambda: FactWorld(n_people=30.0), TypeError, "n_people must be an int"),
+    ("data_lm-reading-pairs-counterfactual-above-one", lambda: _world().reading_pairs(10, counterfactual=2),
+     ValueError, r"counterfactual must lie in \[0.0, 1.0\], got 2.0"),
+    ("data_lm-edit-requests-unknown-relation", lambda: _world().edit_requests(relation="capital"),
+     ValueError, r"relation must be one of \['born_in', 'profession', 'country', 'language'\]"),
+    ("data_lm-retriever-given-a-state-dict", lambda: DenseRetriever(_lm()[0].state_dict(), _lm()[1], list(_DOCS)),
+     TypeError, r"model must be a torch.nn.Module, got OrderedDict"),
+    ("data_lm-retriever-documents-a-string", lambda: DenseRetriever(*_lm(), "Paris is a city ."),
+     TypeError, r"documents must be a list of strings, got str"),
+    ("data_lm-retriever-k-given-str", lambda: _retriever().retrieve(["Rome is a"], k="2"),
+     TypeError, r"k must be an int, got str \('2'\)"),
+    ("data_lm-retriever-k-above-documents", lambda: _retriever().retrieve(["Rome is a"], k=3),
+     ValueError, r"k must lie in \[1, 2\] \(the number of documents\), got 3"),
+    ("data_lm-retriever-queries-a-string", lambda: _retriever().scores("Rome is a"),
+     TypeError, r"queries must be a list of strings, got str"),
+    ("data_lm-with-documents-idx-rows", lambda: with_documents(list(_DOCS), torch.tensor([[0], [1]]), ["q"]),
+     ValueError, r"idx must have one row per query, \(1, k\), got \(2, 1\)"),
+    ("data_lm-replug-shapes-differ", lambda: replug_log_probs(torch.zeros(2, 3), torch.zeros(2, 4)),
+     ValueError, r"reader log-probs \(2, 3\) and retrieval scores \(2, 4\) must both be \(queries, k\)"),
+    ("data_lm-replug-scores-a-list", lambda: replug_log_probs(torch.zeros(2, 3), [[0.0] * 3] * 2),
+     TypeError, "retrieval_scores must be a torch.Tensor, got list"),
+    ("data_lm-evaluate-retrieval-gold-str", lambda: evaluate_retrieval(_retriever(), *_lm(), ["Rome is a"],
+                                                                       ["city"], ["0"], k=1),
+     TypeError, r"gold must be an int, got str \('0'\)"),
+    ("data_lm-retrieval-objective-unknown-loss", lambda: retrieval_objective(_retriever(), _lm()[1], 1, "kl"),
+     ValueError, r"loss must be one of \['replug_lsr', 'uprise', 'realm'\], got 'kl'"),
+    ("data_lm-get-module-unknown-name", lambda: hooks.get_module(nn.Sequential(nn.Linear(2, 2)), "1"),
+     ValueError, r"Sequential has no module '1'; close names"),
+    ("data_lm-plot-history-window-str", lambda: plotting.plot_history([1.0, 0.5], window="5"),
+     TypeError, r"window must be an int, got str \('5'\)"),
+]
