@@ -126,3 +126,12 @@ def non_empty(value, name: str) -> list:
     if len(value) == 0:
         raise ValueError(f"{name} is empty")
     return list(value)
+
+
+def int_between(value, name: str, low: int, high: int, high_name: str | None = None) -> int:
+    """An ``int`` in ``[low, high]``; ``high_name`` says what ``high`` counts (``"the number of blocks"``)."""
+    value = integer(value, name)
+    if not low <= value <= high:
+        upper = f"{high_name} ({high})" if high_name else str(high)
+        raise ValueError(f"{name} must be an int between {low} and {upper}, got {value}")
+    return value

@@ -4,18 +4,25 @@ import copy
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from test_tuning_lora import assert_matches_peft, tiny_gpt2  # shared with the LoRA tests
 
-from lfm_ref.tuning import (AdapterConfig, AdapterFusion, IA3Config, IA3Layer, PHMLinear, adapter_modules,
-                            ia3_layers, inject_adapter_fusion, inject_adapters, inject_ia3, merge_ia3,
-                            trainable_state_dict, unload_adapters, unload_ia3, unmerge_ia3)
+from lfm_ref.tuning import (
+    AdapterConfig,
+    AdapterFusion,
+    IA3Config,
+    IA3Layer,
+    PHMLinear,
+    adapter_modules,
+    inject_adapter_fusion,
+    inject_adapters,
+    inject_ia3,
+    merge_layers,
+    trainable_state_dict,
+    unload_layers,
+    unmerge_layers,
+    wrapped_layers,
+)
 from lfm_ref.zoo.models import TinyViT
-
-
-def tiny_gpt2():
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
-
 
 IA3_GPT2 = IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"])
 X = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(0))
@@ -35,9 +42,9 @@ def test_ia3_starts_at_the_base_model_and_trains_one_number_per_feature():
     base = tiny_gpt2()
     model = inject_ia3(copy.deepcopy(base), IA3_GPT2)
     assert torch.allclose(model(X).logits, base(X).logits, atol=1e-6)  # l = 1
-    layers = ia3_layers(model)
+    layers = wrapped_layers(model, IA3Layer)
     # c_attn scales its 3 * 32 outputs, the MLP's c_proj its 4 * 32 inputs
-    assert {n: l.ia3_l.numel() for n, l in layers.items()} == {
+    assert {n: layer.ia3_l.numel() for n, layer in layers.items()} == {
         "transformer.h.0.attn.c_attn": 96, "transformer.h.0.mlp.c_proj": 128,
         "transformer.h.1.attn.c_attn": 96, "transformer.h.1.mlp.c_proj": 128}
     assert set(trainable_state_dict(model)) == {f"{n}.ia3_l" for n in layers}
@@ -67,15 +74,16 @@ def test_ia3_merge_unmerge_unload(arch):
     model = inject_ia3(copy.deepcopy(base), config)
     randomize(model)
     adapted = run(model)
-    weights = {n: l.base.weight.clone() for n, l in ia3_layers(model).items()}
-    merge_ia3(model)
+    weights = {n: layer.base.weight.clone() for n, layer in wrapped_layers(model, IA3Layer).items()}
+    merge_layers(model)
     assert torch.allclose(run(model), adapted, atol=1e-5)
-    unmerge_ia3(model)
-    assert all(torch.allclose(l.base.weight, weights[n], atol=1e-6) for n, l in ia3_layers(model).items())
-    merged = unload_ia3(copy.deepcopy(model), merge=True)
+    unmerge_layers(model)
+    layers = wrapped_layers(model, IA3Layer).items()
+    assert all(torch.allclose(layer.base.weight, weights[n], atol=1e-6) for n, layer in layers)
+    merged = unload_layers(copy.deepcopy(model), merge=True)
     assert merged.state_dict().keys() == base.state_dict().keys()
     assert torch.allclose(run(merged), adapted, atol=1e-5)
-    assert torch.allclose(run(unload_ia3(model, merge=False)), run(base), atol=1e-6)
+    assert torch.allclose(run(unload_layers(model, merge=False)), run(base), atol=1e-6)
 
 
 def test_ia3_matches_peft_on_gpt2():
@@ -87,15 +95,10 @@ def test_ia3_matches_peft_on_gpt2():
         target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"], fan_in_fan_out=True)).eval()
     params = dict(theirs.named_parameters())
     with torch.no_grad():
-        for name, layer in ia3_layers(ours).items():
+        for name, layer in wrapped_layers(ours, IA3Layer).items():
             peer = params[f"base_model.model.{name}.ia3_l.default"]
             peer.copy_(layer.ia3_l.view(peer.shape))
-    assert torch.allclose(ours(X).logits, theirs(X).logits, atol=1e-5)
-    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(ours.generate(X[:1], **kwargs), theirs.generate(input_ids=X[:1], **kwargs))
-    ours_merged, theirs_merged = unload_ia3(ours), theirs.merge_and_unload()
-    for key, value in theirs_merged.state_dict().items():
-        assert torch.allclose(ours_merged.state_dict()[key], value, atol=1e-6), key
+    assert_matches_peft(ours, theirs, X)
 
 
 # ----- adapters, Compacter, AdapterFusion ----------------------------------------------------------------
@@ -111,7 +114,7 @@ def test_adapters_start_at_the_base_model_and_unload_to_it(kind):
     assert all(".adapter." in n for n in trainable)
     with pytest.raises(TypeError, match="cannot be merged"):
         model.transformer.h[0].attn.c_proj.merge()
-    assert torch.allclose(unload_adapters(model)(X).logits, base(X).logits, atol=1e-6)
+    assert torch.allclose(unload_layers(model, merge=False)(X).logits, base(X).logits, atol=1e-6)
 
 
 def test_houlsby_adapter_size():
@@ -156,6 +159,9 @@ def test_adapter_fusion_starts_as_the_average_of_the_adapters_and_trains_only_th
     assert trainable and all(n.rsplit(".", 2)[-2] in ("query", "key", "value") for n in trainable)
     fused(X).logits.sum().backward()
     assert all(p.grad is None for n, p in fused.named_parameters() if ".adapters." in n)
+    # the one API unloads the fusion too: the pretrained model again
+    plain = unload_layers(fused, AdapterFusion, merge=False)
+    assert torch.allclose(plain(X).logits, base(X).logits, atol=1e-6)
 
 
 def test_adapter_bad_input():
@@ -170,7 +176,7 @@ def test_adapter_bad_input():
         AdapterConfig(["c_proj"], kind="lora")
     with pytest.raises(ValueError, match="divisible by phm_dim"):
         AdapterConfig(["c_proj"], bottleneck=6, kind="compacter", phm_dim=4)
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="must be an int >= 1, got 0"):
         AdapterConfig(["c_proj"], bottleneck=0)
     one = adapter_modules(inject_adapters(copy.deepcopy(base), AdapterConfig(["c_proj"], bottleneck=4)))
     other = adapter_modules(inject_adapters(copy.deepcopy(base), AdapterConfig(["mlp.c_proj"], bottleneck=4)))
@@ -178,8 +184,8 @@ def test_adapter_bad_input():
         inject_adapter_fusion(copy.deepcopy(base), [one])
     with pytest.raises(ValueError, match="adapter set 1 adapts"):
         inject_adapter_fusion(copy.deepcopy(base), [one, other])
-    with pytest.raises(ValueError, match="no IA3Layer layers"):
-        merge_ia3(base)
+    with pytest.raises(ValueError, match="no WrappedLayer layers: inject them first"):
+        merge_layers(base)
 
 
 @pytest.mark.gpu
@@ -189,7 +195,7 @@ def test_ia3_and_adapters_on_cuda():
     model = inject_ia3(copy.deepcopy(base), IA3_GPT2)
     randomize(model)
     out = model(x).logits
-    merge_ia3(model)
+    merge_layers(model)
     assert torch.allclose(model(x).logits, out, atol=1e-4)
     adapted = inject_adapters(copy.deepcopy(base), AdapterConfig(["c_proj"], bottleneck=8, kind="compacter"))
     assert torch.allclose(adapted(x).logits, base(x).logits, atol=1e-5)

@@ -56,7 +56,7 @@ def test_wise_ft_is_the_straight_line_between_the_two_models():
 
 def test_finetune_bad_input():
     model = vit()
-    with pytest.raises(ValueError, match="unknown fine-tuning mode 'lora'"):
+    with pytest.raises(ValueError, match="mode must be one of .*got 'lora'"):
         select_trainable(model, "lora")
     with pytest.raises(ValueError, match="between 1 and the number of blocks \\(3\\), got 4"):
         select_trainable(model, "last_k", k=4)
@@ -64,7 +64,32 @@ def test_finetune_bad_input():
         select_trainable(model, "linear_probe", head="classifier")
     with pytest.raises(TypeError, match="nn.ModuleList"):
         select_trainable(model, "last_k", blocks="norm")
-    with pytest.raises(ValueError, match="alpha must be a number in \\[0, 1\\]"):
+    with pytest.raises(ValueError, match="alpha must lie in \\[0.0, 1.0\\], got 1.5"):
         wise_ft(model.state_dict(), model.state_dict(), 1.5)
     with pytest.raises(ValueError, match="keys"):
         wise_ft(model.state_dict(), {"x": torch.zeros(1)}, 0.5)
+
+
+def test_wise_ft_is_the_shared_interpolation_on_the_segment():
+    from lfm_ref.state_dicts import interpolate
+
+    a, b = vit().state_dict(), TinyViT(dim=16, depth=3, heads=2).state_dict()
+    for alpha in (0.0, 0.3, 0.5, 1.0):
+        mine, shared = wise_ft(a, b, alpha), interpolate(a, b, alpha)
+        assert all(torch.equal(mine[k], shared[k]) for k in a)
+    with pytest.raises(TypeError, match="alpha must be a number"):
+        wise_ft(a, b, "0.5")
+
+
+def test_part_one_does_not_import_part_three():
+    """Tuning (Part I) depends on the shared core only, never on lfm_ref.reuse (Part III)."""
+    import ast
+    from pathlib import Path
+
+    import lfm_ref.tuning
+
+    for path in Path(lfm_ref.tuning.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert "reuse" not in module and "distill" not in module, f"{path.name} imports {module}"

@@ -111,7 +111,7 @@ def test_few_shot_prompt():
 
 
 def test_prompt_bad_input():
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="must be an int >= 1, got 0"):
         PromptTuning(tiny_gpt2(), n_tokens=0)
     with pytest.raises(ValueError, match="no room in the model's context of 32"):
         PrefixTuning(tiny_gpt2(), n_tokens=32)
@@ -133,3 +133,32 @@ def test_prompts_on_cuda():
         out = model(x, mask, labels=x)
         out.loss.backward()
         assert out.logits.is_cuda and out.logits.shape[:2] == x.shape
+
+
+def test_prefix_tuning_passes_its_cache_without_a_deprecation_warning(recwarn):
+    """transformers 5 renames ``past_key_values`` to ``cache`` (the old name goes in 5.40); 4.x keeps
+    the old name. PrefixTuning uses whichever the model's forward takes, so no FutureWarning."""
+    import warnings
+
+    model = PrefixTuning(tiny_gpt2(), n_tokens=4, encoder_hidden=16)
+    warnings.simplefilter("always")
+    out = model(X, MASK, labels=X)
+    out.loss.backward()
+    caching = [w for w in recwarn if issubclass(w.category, FutureWarning) and "past_key_values" in str(w.message)]
+    assert not caching, [str(w.message) for w in caching]
+    assert model._cache_arg in ("cache", "past_key_values")
+
+
+def test_prompt_wrappers_keep_the_models_mode_and_the_global_rng():
+    base = tiny_gpt2().train()
+    torch.manual_seed(7)
+    expected = torch.rand(2)
+    torch.manual_seed(7)
+    model = PromptTuning(base, n_tokens=4, seed=1)  # its own generator for the initial token ids
+    assert torch.equal(torch.rand(2), expected)
+    model.eval()
+    with torch.no_grad():
+        model(X, MASK)
+    assert not base.training  # the wrapped model follows the wrapper, as any submodule does
+    model.train()
+    assert all(m.training for m in base.modules())

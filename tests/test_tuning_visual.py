@@ -53,9 +53,11 @@ def test_only_the_projector_trains():
     model = VisualPrefixLM(vision, lm, IMG)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"projector"}
-    frozen = {k: v.clone() for k, v in {**lm.state_dict(), **{f"v.{k}": v for k, v in vision.state_dict().items()}}.items()}
+    both = {**lm.state_dict(), **{f"v.{k}": v for k, v in vision.state_dict().items()}}
+    frozen = {k: v.clone() for k, v in both.items()}
     ids = torch.tensor([[5, IMG, 7, 8]] * 8)
-    data = DictDataset({"images": torch.rand(8, 1, 8, 8), "input_ids": ids, "labels": ids.masked_fill(ids == IMG, -100)})
+    labels = ids.masked_fill(ids == IMG, -100)
+    data = DictDataset({"images": torch.rand(8, 1, 8, 8), "input_ids": ids, "labels": labels})
     fit(model, data, steps=3, lr=1e-2, batch_size=4)
     now = {**lm.state_dict(), **{f"v.{k}": v for k, v in vision.state_dict().items()}}
     assert all(torch.equal(now[k], v) for k, v in frozen.items())
@@ -72,3 +74,13 @@ def test_visual_bad_input():
         VisualPrefixLM(torch.nn.Linear(2, 2), lm, IMG)
     with pytest.raises(ValueError, match="n_visual"):
         VisualPrefixLM(vision, lm, IMG, n_visual=0)
+
+
+def test_the_vision_model_keeps_its_mode_and_runs_in_eval_mode():
+    vision, lm = parts()
+    vision.train()
+    model = VisualPrefixLM(vision, lm, IMG)
+    assert all(m.training for m in vision.modules())  # the constructor's probe left it as it was
+    model.train()
+    model.visual_tokens(torch.rand(2, 1, 8, 8))
+    assert all(m.training for m in vision.modules())

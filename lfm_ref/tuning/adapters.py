@@ -14,35 +14,41 @@
   ``o = sum_k softmax_k((W_Q h)^T (W_K z_k)) W_V z_k``.
 
 None of these is linear in the base weight, so they cannot be merged: they keep an inference cost.
+Remove them with the tuning package's one API, ``unload_layers(model, merge=False)``.
+
+Chapter: notebooks/02b_adapters.ipynb.
 """
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inject import WrappedLayer, check_targets, inject, linear_features, unload_layers, wrapped_layers
+from .. import checks
+from ..utils import device_of
+from .inject import WrappedLayer, check_targets, inject, linear_features, wrapped_layers
 
 
 class BottleneckAdapter(nn.Module):
-    """``h + W_up gelu(W_down h)`` (Houlsby et al., 2019), the identity at the start (``W_up = 0``)."""
+    """``h + W_up gelu(W_down h)`` (Houlsby et al., 2019), the identity at the start
+    (``W_up = 0``)."""
 
     def __init__(self, dim: int, bottleneck: int):
         super().__init__()
-        if not 1 <= bottleneck:
-            raise ValueError(f"bottleneck must be a positive int, got {bottleneck!r}")
+        dim = checks.positive_int(dim, "dim")
+        bottleneck = checks.positive_int(bottleneck, "bottleneck")
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(F.gelu(self.down(h)))
+        return h + self.up(F.gelu(self.down(h)))  # h + W_up f(W_down h)
 
 
 class PHMLinear(nn.Module):
@@ -55,6 +61,8 @@ class PHMLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rules: nn.Parameter, rank: int = 1,
                  zero_init: bool = False):
         super().__init__()
+        checks.tensor(rules, "rules", dim=3, floating=True)
+        rank = checks.positive_int(rank, "rank")
         n = rules.shape[0]
         if in_features % n or out_features % n:
             raise ValueError(f"PHM needs in ({in_features}) and out ({out_features}) features divisible by n={n}")
@@ -84,7 +92,7 @@ class CompacterAdapter(nn.Module):
         self.up = PHMLinear(bottleneck, dim, rules, rank, zero_init=True)  # identity at the start
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(F.gelu(self.down(h)))
+        return h + self.up(F.gelu(self.down(h)))  # h + W_up f(W_down h), PHM weights
 
 
 @dataclass
@@ -100,11 +108,10 @@ class AdapterConfig:
 
     def __post_init__(self):
         check_targets(self.target_modules)
-        if self.kind not in ("houlsby", "compacter"):
-            raise ValueError(f"kind must be 'houlsby' or 'compacter', got {self.kind!r}")
-        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1:
-            raise ValueError(f"bottleneck must be a positive int, got {self.bottleneck!r}")
-        if self.kind == "compacter" and (self.phm_dim < 1 or self.bottleneck % self.phm_dim):
+        checks.choice(self.kind, "kind", ("houlsby", "compacter"))
+        for name in ("bottleneck", "phm_dim", "phm_rank"):
+            checks.positive_int(getattr(self, name), name)
+        if self.kind == "compacter" and self.bottleneck % self.phm_dim:
             raise ValueError(f"the bottleneck ({self.bottleneck}) must be divisible by phm_dim ({self.phm_dim})")
 
 
@@ -122,7 +129,9 @@ class AdapterLayer(WrappedLayer):
 def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Insert an adapter after every targeted layer of ``model`` (in place) and freeze everything else.
     Compacter's rules ``A_i`` are one parameter shared by all its adapters."""
-    dev = next(model.parameters()).device
+    if not isinstance(config, AdapterConfig):
+        raise TypeError(f"config must be an AdapterConfig, got {type(config).__name__}")
+    dev = device_of(checks.module(model))
     rules = None
     if config.kind == "compacter":
         n = config.phm_dim
@@ -140,11 +149,6 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
 def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
     """``{layer name: adapter}`` of an adapted model (what :func:`inject_adapter_fusion` combines)."""
     return {name: layer.adapter for name, layer in wrapped_layers(model, AdapterLayer).items()}
-
-
-def unload_adapters(model: nn.Module) -> nn.Module:
-    """Remove the adapters: the pretrained model again."""
-    return unload_layers(model, AdapterLayer, merge=False)
 
 
 class AdapterFusion(WrappedLayer):
@@ -170,9 +174,10 @@ class AdapterFusion(WrappedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base(x)
-        z = torch.stack([adapter(h) for adapter in self.adapters], dim=-2)  # (..., K, d)
-        scores = (self.query(h).unsqueeze(-2) * self.key(z)).sum(-1)  # (W_Q h)^T (W_K z_k), (..., K)
-        weights = scores.softmax(-1)
+        z = torch.stack([adapter(h) for adapter in self.adapters], dim=-2)  # (.., K, d)
+        # (W_Q h)^T (W_K z_k), (..., K)
+        scores = (self.query(h).unsqueeze(-2) * self.key(z)).sum(-1)
+        weights = scores.softmax(-1)  # a_k, (..., K)
         self.last_weights = weights.detach()
         return (weights.unsqueeze(-1) * self.value(z)).sum(-2)  # sum_k a_k W_V z_k
 
@@ -180,7 +185,11 @@ class AdapterFusion(WrappedLayer):
 def inject_adapter_fusion(model: nn.Module, adapters: Sequence[Mapping[str, nn.Module]]) -> nn.Module:
     """Wrap the layers of a plain ``model`` in :class:`AdapterFusion` over the given adapter sets, each
     ``{layer name: adapter}`` from :func:`adapter_modules` of a model adapted to another task. Only the
-    fusion's query, key and value train."""
+    fusion's query, key and value train. ``unload_layers(model, AdapterFusion, merge=False)`` removes it."""
+    adapters = checks.non_empty(adapters, "adapters")
+    if not all(isinstance(a, Mapping) for a in adapters):
+        raise TypeError("adapters must be a list of {layer name: adapter} dicts (from adapter_modules), got "
+                        f"{[type(a).__name__ for a in adapters]}")
     if len(adapters) < 2:
         raise ValueError(f"AdapterFusion needs at least 2 adapter sets, got {len(adapters)}")
     names = set(adapters[0])

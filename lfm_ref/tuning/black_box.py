@@ -14,16 +14,46 @@ policy gradients of a separate, small policy.
 - **RLPrompt** (Deng et al., 2022, "RLPrompt: Optimizing Discrete Text Prompts with Reinforcement
   Learning", EMNLP; arXiv:2205.12548): a policy samples discrete prompt tokens and is trained by
   REINFORCE on the API's reward, ``grad = E[(R - b) grad log pi(prompt)]``.
+
+Black-Box Tuning can also descend the book's one zeroth-order gradient estimate,
+:func:`lfm_ref.blackbox.zo_sgd` (``optimizer="zo_sgd"``), the estimator black-box distillation uses.
+
+Chapter: notebooks/04_black_box_prompts.ipynb.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..blackbox import ScoreAPI
+from .. import checks
+from ..blackbox import ScoreAPI, zo_sgd
+
+
+def _check_api(api, *methods: str) -> ScoreAPI:
+    """A :class:`~lfm_ref.blackbox.ScoreAPI`, or any object with its ``candidates`` and ``methods``."""
+    if not hasattr(api, "candidates") or not all(callable(getattr(api, m, None)) for m in methods):
+        raise TypeError(f"api must be an lfm_ref.blackbox.ScoreAPI (candidates and {', '.join(methods)}), "
+                        f"got {type(api).__name__}")
+    return api
+
+
+def _check_data(api: ScoreAPI, texts, labels) -> tuple[list[str], torch.Tensor]:
+    """Texts and their answers' indices among the API's candidates, one label per text."""
+    texts = checks.texts(texts)
+    labels = checks.class_indices(labels, "labels", len(api.candidates))
+    if labels.shape != (len(texts),):
+        raise ValueError(f"labels must have one class index per text, shape ({len(texts)},), "
+                         f"got {tuple(labels.shape)}")
+    return texts, labels.cpu()
+
+
+def _right_log_prob(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(P,)``: the mean over the batch of ``log p(right answer)`` from ``(P, B, K)`` scores."""
+    right = labels.expand(len(logp), -1)[..., None]  # (P, B, 1)
+    return logp.gather(2, right).squeeze(-1).mean(1)
 
 
 def cma_es(loss: Callable[[torch.Tensor], torch.Tensor], dim: int, generations: int, popsize: int | None = None,
@@ -31,9 +61,13 @@ def cma_es(loss: Callable[[torch.Tensor], torch.Tensor], dim: int, generations: 
     """Minimise ``loss`` (a batch ``(popsize, dim) -> (popsize,)``) with CMA-ES (Hansen's tutorial defaults).
 
     Returns the final mean and the best loss of every generation."""
-    if dim < 1 or generations < 1:
-        raise ValueError(f"dim and generations must be positive, got {dim} and {generations}")
-    g = torch.Generator().manual_seed(seed)
+    if not callable(loss):
+        raise TypeError(f"loss must be a function (popsize, dim) -> (popsize,), got {type(loss).__name__}")
+    dim, generations = checks.positive_int(dim, "dim"), checks.positive_int(generations, "generations")
+    if popsize is not None:
+        popsize = checks.integer(popsize, "popsize", minimum=2)  # mu = popsize // 2 >= 1 parents
+    sigma = checks.positive(sigma, "sigma")
+    g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
     lam = popsize or 4 + int(3 * math.log(dim))
     mu = lam // 2
     w = torch.log(torch.tensor(mu + 0.5)) - torch.log(torch.arange(1, mu + 1, dtype=torch.float64))
@@ -46,7 +80,8 @@ def cma_es(loss: Callable[[torch.Tensor], torch.Tensor], dim: int, generations: 
     d_s = 1 + 2 * max(0, math.sqrt((mu_eff - 1) / (dim + 1)) - 1) + c_s
     chi_n = math.sqrt(dim) * (1 - 1 / (4 * dim) + 1 / (21 * dim ** 2))
     mean = torch.zeros(dim, dtype=torch.float64)
-    cov, p_c, p_s = torch.eye(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
+    cov = torch.eye(dim, dtype=torch.float64)
+    p_c, p_s = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
     history = []
     for gen in range(generations):
         eigvals, basis = torch.linalg.eigh(cov)
@@ -71,48 +106,79 @@ def cma_es(loss: Callable[[torch.Tensor], torch.Tensor], dim: int, generations: 
 
 
 class BlackBoxTuning:
-    """The prompt ``p_0 + A z`` (``n_tokens x d``) from a ``dim``-dimensional ``z``; ``A`` is a fixed random
-    normal projection scaled to the embedding table's spread (Sun et al., 2022)."""
+    """The prompt ``p_0 + A z`` (``n_tokens x d``) from a ``dim``-dimensional ``z``; ``A`` is a fixed
+    random normal projection scaled to the embedding table's spread (Sun et al., 2022)."""
 
     def __init__(self, api: ScoreAPI, init_prompt: torch.Tensor, dim: int = 16, seed: int = 0):
-        self.api, self.p0 = api, init_prompt.detach().cpu()
-        if self.p0.dim() != 2 or self.p0.shape[1] != api.embedding_dim:
-            raise ValueError(f"init_prompt must have shape (n_tokens, {api.embedding_dim}), got {tuple(self.p0.shape)}")
-        g = torch.Generator().manual_seed(seed)
+        self.api = _check_api(api, "soft")
+        checks.tensor(init_prompt, "init_prompt", dim=2, floating=True)
+        if init_prompt.shape[1] != api.embedding_dim or len(init_prompt) < 1:
+            raise ValueError(f"init_prompt must have shape (n_tokens, {api.embedding_dim}) with "
+                             f"n_tokens >= 1, got {tuple(init_prompt.shape)}")
+        self.p0 = init_prompt.detach().cpu()
+        dim = checks.positive_int(dim, "dim")
+        g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
         scale = self.p0.std() / math.sqrt(dim)  # A z has the embeddings' spread for z ~ N(0, I)
         self.A = torch.randn(self.p0.numel(), dim, generator=g) * scale
         self.z = torch.zeros(dim)
 
     def prompts(self, z: torch.Tensor) -> torch.Tensor:
         """``(P, n_tokens, d)`` prompts for a population ``z`` of shape ``(P, dim)``."""
-        return self.p0 + (z @ self.A.T).view(len(z), *self.p0.shape)
+        return self.p0 + (z @ self.A.T).view(len(z), *self.p0.shape)  # p = p_0 + A z
 
-    def fit(self, texts: Sequence[str], labels: torch.Tensor, generations: int, popsize: int | None = None,
-            batch_size: int = 32, sigma: float = 1.0, seed: int = 0) -> list[float]:
-        """CMA-ES on the API's cross-entropy over random mini-batches; returns the best loss per generation."""
-        g = torch.Generator().manual_seed(seed)
+    def fit(self, texts: Sequence[str], labels: torch.Tensor, generations: int,
+            popsize: int | None = None, batch_size: int = 32, sigma: float = 1.0,
+            seed: int = 0, optimizer: str = "cma_es", lr: float = 1.0,
+            directions: int = 8, eps: float = 1e-2) -> list[float]:
+        """Minimise the API's cross-entropy on random mini-batches of the texts.
 
-        def loss(z):
-            idx = torch.randperm(len(texts), generator=g)[:batch_size]
-            logp = self.api.soft([texts[i] for i in idx], self.prompts(z))  # (P, B, K)
-            return -logp.gather(2, labels[idx].expand(len(z), -1)[..., None]).squeeze(-1).mean(1)
+        ``optimizer="cma_es"`` (the paper's): ``generations`` of ``popsize`` prompts;
+        returns the best loss of each generation. ``"zo_sgd"``: ``generations`` steps
+        of :func:`lfm_ref.blackbox.zo_sgd` (``lr``, ``directions``, ``eps``), one
+        mini-batch per step; returns the loss before each step."""
+        texts, labels = _check_data(self.api, texts, labels)
+        optimizer = checks.choice(optimizer, "optimizer", ("cma_es", "zo_sgd"))
+        batch_size = checks.positive_int(batch_size, "batch_size")
+        generations = checks.positive_int(generations, "generations")
+        g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
 
-        self.z, history = cma_es(loss, self.A.shape[1], generations, popsize, sigma, seed)
+        def batch_loss(idx):
+            def loss(z):  # (P, dim) -> (P,): -mean log p(label | text + p_0 + A z)
+                logp = self.api.soft([texts[i] for i in idx], self.prompts(z))
+                return -_right_log_prob(logp, labels[idx])
+            return loss
+
+        def new_batch():
+            return torch.randperm(len(texts), generator=g)[:batch_size]
+
+        if optimizer == "cma_es":  # a fresh mini-batch for every generation
+            dim = self.A.shape[1]
+            self.z, history = cma_es(lambda z: batch_loss(new_batch())(z), dim,
+                                     generations, popsize, sigma, seed)
+            return history
+        history = []
+        for step in range(generations):  # one mini-batch per step of z <- z - lr g_hat
+            self.z, before = zo_sgd(batch_loss(new_batch()), self.z, 1, lr, directions,
+                                    eps, seed + step)
+            history += before
         return history
 
     def predict(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.api.soft(texts, self.prompts(self.z[None]))[0].argmax(-1)
+        """The answer index ``argmax_k API(text + p_0 + A z)_k`` for every text."""
+        return self.api.soft(checks.texts(texts), self.prompts(self.z[None]))[0].argmax(-1)
 
 
-def prompt_boosting(api: ScoreAPI, texts: Sequence[str], labels: torch.Tensor, pool: Sequence[str],
-                    rounds: int) -> tuple[list[int], list[float]]:
-    """AdaBoost (SAMME) over a pool of hard prompts, each a weak classifier ``argmax_k API(text + prompt)_k``.
+def prompt_boosting(api: ScoreAPI, texts: Sequence[str], labels: torch.Tensor,
+                    pool: Sequence[str], rounds: int) -> tuple[list[int], list[float]]:
+    """AdaBoost (SAMME) over a pool of hard prompts, each a weak classifier
+    ``argmax_k API(text + prompt)_k``.
 
-    Every prompt is queried once on the training texts (``len(pool) * len(texts)`` calls, the method's
-    whole API cost); the boosting itself is arithmetic on those predictions. Returns the chosen prompts'
-    indices and their weights ``alpha_t``."""
-    if rounds < 1 or len(pool) == 0:
-        raise ValueError(f"need rounds >= 1 and a non-empty prompt pool, got {rounds} rounds, {len(pool)} prompts")
+    Every prompt is queried once on the training texts (``len(pool) * len(texts)``
+    calls, the method's whole API cost); the boosting itself is arithmetic on those
+    predictions. Returns the chosen prompts' indices (at least one) and their weights
+    ``alpha_t``; a ValueError if no prompt of the pool beats chance."""
+    texts, labels = _check_data(_check_api(api, "hard"), texts, labels)
+    pool, rounds = checks.texts(pool, "pool"), checks.positive_int(rounds, "rounds")
     k = len(api.candidates)
     correct = api.hard(texts, pool).argmax(-1) == labels  # (prompts, texts)
     weights = torch.full((len(texts),), 1.0 / len(texts))
@@ -120,13 +186,18 @@ def prompt_boosting(api: ScoreAPI, texts: Sequence[str], labels: torch.Tensor, p
     for _ in range(rounds):
         errors = ((~correct).float() * weights).sum(1)  # weighted error of every prompt
         best = int(errors.argmin())
-        err = errors[best].clamp(1e-10, 1 - 1e-10).item()
+        err = min(max(errors[best].item(), 1e-10), 1 - 1e-10)  # float64: 1 - 1e-10 < 1
         alpha = math.log((1 - err) / err) + math.log(k - 1)
         if alpha <= 0:  # no prompt beats chance on the reweighted data
+            if not chosen:
+                chance = 1 - 1 / k
+                raise ValueError(f"no prompt of the pool beats chance on the training"
+                                 f" texts (best error {err:.1%}, chance {chance:.1%})")
             break
         chosen.append(best)
         alphas.append(alpha)
-        weights = weights * torch.exp(alpha * (~correct[best]).float())  # up-weight the mistakes
+        # up-weight the mistakes: w_i <- w_i exp(alpha_t [h_t(x_i) != y_i])
+        weights = weights * torch.exp(alpha * (~correct[best]).float())
         weights = weights / weights.sum()
     return chosen, alphas
 
@@ -135,8 +206,12 @@ def boosted_predict(api: ScoreAPI, texts: Sequence[str], pool: Sequence[str], ch
                     alphas: Sequence[float], every_round: bool = False) -> torch.Tensor:
     """``argmax_k sum_t alpha_t [h_t(x) = k]``: the weighted vote of the chosen prompts, ``(n,)``; with
     ``every_round=True`` the vote of the first ``t`` prompts for every ``t``, ``(T, n)``."""
-    if not chosen:
-        raise ValueError("no prompt was chosen: boosting found no weak learner better than chance")
+    _check_api(api, "hard")
+    texts, pool = checks.texts(texts), checks.texts(pool, "pool")
+    chosen = checks.non_empty(chosen, "chosen (the prompts prompt_boosting chose)")
+    if len(alphas) != len(chosen) or not all(0 <= i < len(pool) for i in chosen):
+        raise ValueError(f"chosen must index the pool ({len(pool)} prompts) with one alpha each, got "
+                         f"{len(chosen)} indices {chosen[:5]} and {len(alphas)} alphas")
     votes = api.hard(texts, [pool[i] for i in chosen]).argmax(-1)  # (T, n), one query per prompt and text
     weighted = torch.nn.functional.one_hot(votes, len(api.candidates)) * torch.tensor(alphas)[:, None, None]
     predictions = weighted.cumsum(0).argmax(-1)  # the vote after each round
@@ -149,9 +224,10 @@ class PromptPolicy(nn.Module):
 
     def __init__(self, words: Sequence[str], n_tokens: int = 3):
         super().__init__()
-        if len(words) < 2 or n_tokens < 1:
-            raise ValueError(f"need at least 2 words and 1 token, got {len(words)} words and {n_tokens} tokens")
-        self.words = list(words)
+        words, n_tokens = checks.texts(words, "words"), checks.positive_int(n_tokens, "n_tokens")
+        if len(words) < 2:
+            raise ValueError(f"a policy needs at least 2 words to choose from, got {len(words)}")
+        self.words = words
         self.logits = nn.Parameter(torch.zeros(n_tokens, len(words)))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[str]]:
@@ -166,20 +242,29 @@ class PromptPolicy(nn.Module):
         return " ".join(self.words[i] for i in self.logits.argmax(-1).tolist())
 
 
-def rl_prompt(api: ScoreAPI, texts: Sequence[str], labels: torch.Tensor, policy: PromptPolicy, steps: int,
-              samples: int = 16, batch_size: int = 32, lr: float = 0.1, seed: int = 0) -> list[float]:
-    """REINFORCE on the policy: reward = the mean log-probability of the right answer through the API,
-    baseline = the mean reward of the step's samples. Returns the mean reward per step."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+def rl_prompt(api: ScoreAPI, texts: Sequence[str], labels: torch.Tensor,
+              policy: PromptPolicy, steps: int, samples: int = 16, batch_size: int = 32,
+              lr: float = 0.1, seed: int = 0) -> list[float]:
+    """REINFORCE on the policy: reward = the mean log-probability of the right answer
+    through the API, baseline = the mean reward of the step's samples. Returns the mean
+    reward per step."""
+    texts, labels = _check_data(_check_api(api, "hard"), texts, labels)
+    if not isinstance(policy, PromptPolicy):
+        raise TypeError(f"policy must be a PromptPolicy, got {type(policy).__name__}")
+    steps = checks.positive_int(steps, "steps")
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    samples = checks.integer(samples, "samples", minimum=2)  # the baseline needs two
+    g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
+    opt = torch.optim.Adam(policy.parameters(), lr=checks.positive(lr, "lr"))
     history = []
     for _ in range(steps):
         idx, prompts = policy.sample(samples, g)
         batch = torch.randperm(len(texts), generator=g)[:batch_size]
-        logp = api.hard([texts[i] for i in batch], prompts)  # (samples, B, K), no gradient
-        reward = logp.gather(2, labels[batch].expand(samples, -1)[..., None]).squeeze(-1).mean(1)
-        advantage = reward - reward.mean()
-        loss = -(advantage * policy.log_prob(idx)).mean()  # the policy's gradient only
+        logp = api.hard([texts[i] for i in batch], prompts)  # (samples, B, K), no grad
+        reward = _right_log_prob(logp, labels[batch])  # R, (samples,)
+        advantage = reward - reward.mean()  # R - b
+        # grad = E[(R - b) grad log pi(prompt)]: the policy's gradient only
+        loss = -(advantage * policy.log_prob(idx)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

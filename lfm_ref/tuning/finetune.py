@@ -11,38 +11,42 @@ or a combination of two trained models.
   so that a random head's large early gradients do not distort the pretrained features.
 - **WiSE-FT** (Wortsman et al., 2022, "Robust fine-tuning of zero-shot models", CVPR; arXiv:2109.01903):
   the weight-space interpolation ``theta_alpha = (1 - alpha) theta_0 + alpha theta_ft`` between the
-  zero-shot (here: linearly probed) and the fine-tuned model.
+  zero-shot (here: linearly probed) and the fine-tuned model: ``lfm_ref.state_dicts.interpolate``
+  restricted to ``alpha`` in ``[0, 1]`` (chapter 12 walks the same line past both ends).
+
+Chapter: notebooks/01_finetuning.ipynb.
 """
 from __future__ import annotations
 
 from torch import nn
 
+from .. import checks
 from ..hooks import get_module
-from ..reuse.merging import weighted_average
+from ..state_dicts import StateDict, interpolate
 from ..train import fit
 
 MODES = ("full", "linear_probe", "last_k", "bitfit")
 
 
-def select_trainable(model: nn.Module, mode: str = "full", k: int = 1, head: str = "head",
-                     blocks: str = "blocks") -> nn.Module:
+def select_trainable(model: nn.Module, mode: str = "full", k: int = 1,
+                     head: str = "head", blocks: str = "blocks") -> nn.Module:
     """Set ``requires_grad`` for a fine-tuning ``mode`` (in place) and return ``model``.
 
-    ``"full"``: every parameter; ``"linear_probe"``: the ``head`` module only; ``"last_k"``: the last
-    ``k`` of the ``blocks`` (a module list) and the head; ``"bitfit"``: every bias and the head. The head
-    always trains, because a new task needs its own output layer.
+    ``"full"``: every parameter; ``"linear_probe"``: the ``head`` module only;
+    ``"last_k"``: the last ``k`` of the ``blocks`` (a module list) and the head;
+    ``"bitfit"``: every bias and the head. The head always trains: a new task needs its
+    own output layer.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown fine-tuning mode {mode!r}; expected one of {MODES}")
+    checks.module(model)
+    checks.choice(mode, "mode", MODES)
     head_module = get_module(model, head)
     model.requires_grad_(mode == "full")
     if mode == "last_k":
         stack = get_module(model, blocks)
         if not isinstance(stack, (nn.ModuleList, nn.Sequential)):
-            raise TypeError(f"{blocks!r} must name an nn.ModuleList or nn.Sequential of blocks, "
-                            f"got {type(stack).__name__}")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(stack):
-            raise ValueError(f"k must be an int between 1 and the number of blocks ({len(stack)}), got {k!r}")
+            raise TypeError(f"{blocks!r} must name an nn.ModuleList or nn.Sequential "
+                            f"of blocks, got {type(stack).__name__}")
+        k = checks.int_between(k, "k", 1, len(stack), "the number of blocks")
         for block in list(stack)[-k:]:
             block.requires_grad_(True)
     elif mode == "bitfit":
@@ -63,8 +67,9 @@ def lp_ft(model: nn.Module, data, *, lp_steps: int, ft_steps: int, lp_lr: float,
     return probe_losses, fit(model, data, steps=ft_steps, lr=ft_lr, **fit_kwargs)
 
 
-def wise_ft(zero_shot: dict, finetuned: dict, alpha: float) -> dict:
-    """WiSE-FT: ``(1 - alpha) theta_0 + alpha theta_ft`` for state dicts (alpha = 0: zero-shot, 1: fine-tuned)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    return weighted_average([zero_shot, finetuned], [1 - alpha, alpha])
+def wise_ft(zero_shot: StateDict, finetuned: StateDict, alpha: float) -> dict:
+    """WiSE-FT for state dicts (alpha = 0: zero-shot, 1: fine-tuned); alpha must lie in
+    ``[0, 1]``, the segment between the two models."""
+    alpha = checks.probability(alpha, "alpha")
+    # theta_alpha = (1 - alpha) theta_0 + alpha theta_ft
+    return interpolate(zero_shot, finetuned, alpha)

@@ -10,18 +10,20 @@ so a layer costs one number per feature (LoRA costs ``r (in + out)``). Both form
 weight, so they merge: ``W <- diag(l) W`` (an output scale, bias scaled too) or ``W <- W diag(l)`` (an
 input scale, for the ``feedforward_modules``). On a fused ``qkv`` projection (GPT-2's ``c_attn``) the
 vector covers the queries too, as in PEFT; the paper's exact form would keep the query part at 1.
+Merge, unmerge and unload with the tuning package's one API: ``merge_layers(model, IA3Layer)``.
+
+Chapter: notebooks/02b_adapters.ipynb.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..hooks import is_conv1d
-from .inject import (WrappedLayer, check_targets, inject, linear_features, matches, merge_layers, unload_layers,
-                     unmerge_layers, wrapped_layers)
+from .inject import WrappedLayer, check_targets, inject, linear_features, matches
 
 
 @dataclass
@@ -33,17 +35,22 @@ class IA3Config:
 
     def __post_init__(self):
         targets = check_targets(self.target_modules)
-        if isinstance(self.feedforward_modules, str):
-            raise ValueError(f"feedforward_modules must be a list of names, got {self.feedforward_modules!r}")
+        if isinstance(self.feedforward_modules, str) or not isinstance(self.feedforward_modules, Sequence):
+            raise TypeError(f"feedforward_modules must be a list of names, got {self.feedforward_modules!r}")
         stray = [] if isinstance(targets, str) else [f for f in self.feedforward_modules if f not in targets]
         if stray:
             raise ValueError(f"feedforward_modules must be a subset of target_modules {targets}; not in it: {stray}")
 
 
 class IA3Layer(WrappedLayer):
-    """``base(x) * l`` (output scaling) or ``base(x * l)`` (``feedforward=True``, input scaling), ``l = 1`` at the start."""
+    """``base(x) * l`` (output scaling) or ``base(x * l)`` (``feedforward=True``, input scaling),
+    ``l = 1`` at the start."""
+
+    mergeable = True
 
     def __init__(self, base: nn.Module, feedforward: bool = False):
+        if not isinstance(feedforward, bool):
+            raise TypeError(f"feedforward must be True or False, got {type(feedforward).__name__}")
         in_f, out_f = linear_features(base)
         super().__init__(base)
         self.feedforward = feedforward
@@ -67,42 +74,17 @@ class IA3Layer(WrappedLayer):
         if not self.feedforward and self.base.bias is not None:
             self.base.bias.mul_(factor)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """``W <- diag(l) W`` (and ``b <- l * b``), or ``W <- W diag(l)`` for a feed-forward input scale."""
-        if self.merged:
-            raise ValueError("this (IA)^3 layer is already merged")
-        self._scale(self.ia3_l)
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Divide the scale back out (exact up to rounding; a scale of 0 cannot be undone)."""
-        if not self.merged:
-            raise ValueError("this (IA)^3 layer is not merged")
-        if (self.ia3_l == 0).any():
+    def _fold(self, inverse: bool) -> None:
+        """merge: ``W <- diag(l) W`` (and ``b <- l * b``), or ``W <- W diag(l)`` for a feed-forward
+        input scale; unmerge divides the scale back out (exact up to rounding; a 0 cannot be undone)."""
+        if inverse and (self.ia3_l == 0).any():
             raise ValueError("an (IA)^3 scale is exactly 0, so the merged weight cannot be unmerged")
-        self._scale(1.0 / self.ia3_l)
-        self.merged = False
+        self._scale(1.0 / self.ia3_l if inverse else self.ia3_l)
 
 
 def inject_ia3(model: nn.Module, config: IA3Config) -> nn.Module:
     """Wrap every targeted layer of ``model`` (in place) in an :class:`IA3Layer`; only the vectors train."""
+    if not isinstance(config, IA3Config):
+        raise TypeError(f"config must be an IA3Config, got {type(config).__name__}")
     return inject(model, config.target_modules,
                   lambda name, m: IA3Layer(m, feedforward=matches(name, config.feedforward_modules)))
-
-
-def ia3_layers(model: nn.Module) -> dict[str, IA3Layer]:
-    return wrapped_layers(model, IA3Layer)
-
-
-def merge_ia3(model: nn.Module) -> nn.Module:
-    return merge_layers(model, IA3Layer)
-
-
-def unmerge_ia3(model: nn.Module) -> nn.Module:
-    return unmerge_layers(model, IA3Layer)
-
-
-def unload_ia3(model: nn.Module, merge: bool = True) -> nn.Module:
-    return unload_layers(model, IA3Layer, merge)

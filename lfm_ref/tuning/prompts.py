@@ -17,13 +17,20 @@ gradient. The language model stays frozen; only what is put in front of its inpu
 
 The wrappers take the arguments of a Hugging Face causal LM (``input_ids``, ``attention_mask``,
 ``labels``) and return its output, with logits for the input positions only, so that ``lfm_ref.fit``
-and ``lfm_ref.lm`` work on them unchanged.
+and ``lfm_ref.lm`` work on them unchanged. They are the "wrap" pattern of Part I (a module around the
+frozen model), where LoRA and adapters "inject" layers into it.
+
+Chapter: notebooks/03_prompts.ipynb.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import checks
 
 
 def _check_lm(model: nn.Module, n_tokens: int) -> int | None:
@@ -31,8 +38,7 @@ def _check_lm(model: nn.Module, n_tokens: int) -> int | None:
     if not hasattr(model, "get_input_embeddings") or not hasattr(model, "config"):
         raise TypeError(f"expected a Hugging Face causal LM (with get_input_embeddings and config), got "
                         f"{type(model).__name__}")
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
+    checks.positive_int(n_tokens, "n_tokens")
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if context is not None and n_tokens >= context:
         raise ValueError(f"a prompt of {n_tokens} tokens leaves no room in the model's context of {context} tokens")
@@ -49,6 +55,7 @@ class _PromptedLM(nn.Module):
         self.n_tokens = n_tokens
 
     def _prepare(self, input_ids, attention_mask):
+        checks.tensor(input_ids, "input_ids", dim=2, floating=False)
         b, n = input_ids.shape
         if self.context is not None and self.n_tokens + n > self.context:
             raise ValueError(f"{self.n_tokens} virtual tokens + an input of {n} tokens exceed the model's context "
@@ -56,7 +63,7 @@ class _PromptedLM(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         ones = attention_mask.new_ones(b, self.n_tokens)
-        return torch.cat([ones, attention_mask], dim=1)
+        return torch.cat([ones, attention_mask], dim=1)  # (B, p + n): the prompt is always seen
 
 
 class PromptTuning(_PromptedLM):
@@ -72,14 +79,21 @@ class PromptTuning(_PromptedLM):
         super().__init__(model, n_tokens)
         table = model.get_input_embeddings().weight
         if init_ids is None:
-            init_ids = torch.randint(0, table.shape[0], (n_tokens,), generator=torch.Generator().manual_seed(seed))
-        init_ids = torch.as_tensor(init_ids).flatten()
+            g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
+            init_ids = torch.randint(0, table.shape[0], (n_tokens,), generator=g)
+        if not isinstance(init_ids, torch.Tensor):
+            if isinstance(init_ids, str) or not all(isinstance(i, int) for i in init_ids):
+                raise TypeError(f"init_ids must be token ids (a tensor or a list of ints), got {init_ids!r:.60}")
+            init_ids = torch.tensor(init_ids, dtype=torch.long)
+        init_ids = checks.tensor(init_ids, "init_ids", floating=False).flatten()
         if init_ids.numel() == 0 or init_ids.min() < 0 or init_ids.max() >= table.shape[0]:
-            raise ValueError(f"init_ids must be non-empty token ids in [0, {table.shape[0]}), got {init_ids.tolist()}")
+            raise ValueError(f"init_ids must be non-empty token ids in [0, {table.shape[0]}), "
+                             f"got {init_ids.tolist()}")
         init_ids = init_ids.repeat(-(-n_tokens // init_ids.numel()))[:n_tokens].to(table.device)
         self.prompt_embeddings = nn.Parameter(table[init_ids].detach().clone())
         self.encoder = None
         if encoder_hidden is not None:
+            checks.positive_int(encoder_hidden, "encoder_hidden")
             d = table.shape[1]
             self.encoder = nn.Sequential(nn.Linear(d, encoder_hidden), nn.ReLU(), nn.Linear(encoder_hidden, d)).to(
                 table.device)
@@ -90,31 +104,40 @@ class PromptTuning(_PromptedLM):
             return self.prompt_embeddings
         return self.prompt_embeddings + self.encoder(self.prompt_embeddings)  # residual: starts near the init
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
         mask = self._prepare(input_ids, attention_mask)
-        embeds = self.model.get_input_embeddings()(input_ids)
-        prompt = self.prompt().to(embeds.dtype).expand(len(input_ids), -1, -1)
+        embeds = self.model.get_input_embeddings()(input_ids)  # E(x), (B, n, d)
+        prompt = self.prompt().to(embeds.dtype).expand(len(input_ids), -1, -1)  # P
         if labels is not None:  # no loss on the virtual tokens
-            labels = torch.cat([labels.new_full((len(labels), self.n_tokens), -100), labels], dim=1)
-        out = self.model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=mask, labels=labels,
+            ignore = labels.new_full((len(labels), self.n_tokens), -100)
+            labels = torch.cat([ignore, labels], dim=1)
+        inputs = torch.cat([prompt, embeds], dim=1)  # [P; E(x)], (B, p + n, d)
+        out = self.model(inputs_embeds=inputs, attention_mask=mask, labels=labels,
                          **kwargs)
-        out.logits = out.logits[:, self.n_tokens:]  # the input positions, aligned with input_ids
+        # the input positions only, aligned with input_ids
+        out.logits = out.logits[:, self.n_tokens:]
         return out
 
 
 class HardPromptPEZ(PromptTuning):
-    """PEZ (Wen et al., 2023): the forward pass sees the nearest vocabulary embeddings of the soft prompt;
-    the gradient flows straight through the projection to the soft prompt."""
+    """PEZ (Wen et al., 2023): the forward pass sees the nearest vocabulary embeddings
+    of the soft prompt; the gradient flows straight through the projection to the soft
+    prompt."""
 
     def nearest_ids(self) -> torch.Tensor:
-        """The hard prompt: for each soft vector, the vocabulary token of highest cosine similarity."""
+        """The hard prompt: for each soft vector, the vocabulary token of highest cosine
+        similarity."""
         table = self.model.get_input_embeddings().weight
-        return (F.normalize(self.prompt_embeddings, dim=-1) @ F.normalize(table, dim=-1).T).argmax(-1)
+        soft = F.normalize(self.prompt_embeddings, dim=-1)  # (p, d)
+        cosine = soft @ F.normalize(table, dim=-1).T  # (p, vocab)
+        return cosine.argmax(-1)  # (p,)
 
     def prompt(self) -> torch.Tensor:
-        projected = self.model.get_input_embeddings().weight[self.nearest_ids()]
-        # forward: the projected (hard) prompt; backward: the identity onto the soft prompt
+        table = self.model.get_input_embeddings().weight
+        projected = table[self.nearest_ids()]  # (p, d)
+        # forward: the projected (hard) prompt; backward: the identity onto the soft one
         return self.prompt_embeddings + (projected - self.prompt_embeddings).detach()
 
 
@@ -138,14 +161,20 @@ class PrefixTuning(_PromptedLM):
             self.prefix = nn.Parameter(0.02 * torch.randn(n_tokens, out, device=dev))
             self.encoder = None
         else:
+            checks.positive_int(encoder_hidden, "encoder_hidden")
             self.prefix = nn.Parameter(0.02 * torch.randn(n_tokens, d, device=dev))
-            self.encoder = nn.Sequential(nn.Linear(d, encoder_hidden), nn.Tanh(), nn.Linear(encoder_hidden, out)).to(dev)
+            self.encoder = nn.Sequential(nn.Linear(d, encoder_hidden), nn.Tanh(),
+                                         nn.Linear(encoder_hidden, out)).to(dev)
+        # transformers 5 calls the cache argument `cache` (`past_key_values` goes in 5.40); 4.x does not
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def key_values(self) -> torch.Tensor:
-        """``(layers, 2, heads, n_tokens, head_dim)``: each layer's prefix keys (index 0) and values (1)."""
+        """``(layers, 2, heads, n_tokens, head_dim)``: each layer's prefix keys (index
+        0) and values (index 1)."""
         flat = self.prefix if self.encoder is None else self.encoder(self.prefix)
-        kv = flat.view(self.n_tokens, self.layers, 2, self.heads, -1)
-        return kv.permute(1, 2, 3, 0, 4)
+        # [K_P; V_P]_l = MLP(P'), (p, layers * 2 * d)
+        kv = flat.view(self.n_tokens, self.layers, 2, self.heads, -1)  # (p, L, 2, H, .)
+        return kv.permute(1, 2, 3, 0, 4)  # (L, 2, H, p, d / H)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
@@ -155,10 +184,11 @@ class PrefixTuning(_PromptedLM):
         kv = self.key_values().to(self.model.dtype)
         cache = DynamicCache()  # a fresh cache per call: the model appends the input's keys to it
         b = len(input_ids)
-        for layer in range(self.layers):
-            cache.update(kv[layer, 0].expand(b, -1, -1, -1), kv[layer, 1].expand(b, -1, -1, -1), layer)
-        return self.model(input_ids=input_ids, attention_mask=mask, labels=labels, past_key_values=cache,
-                          use_cache=False, **kwargs)
+        for layer in range(self.layers):  # softmax(q [K_P; K]^T) [V_P; V]: the prefix comes first
+            keys, values = kv[layer, 0].expand(b, -1, -1, -1), kv[layer, 1].expand(b, -1, -1, -1)
+            cache.update(keys, values, layer)  # (B, H, p, d / H) each
+        kwargs[self._cache_arg] = cache
+        return self.model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False, **kwargs)
 
 
 def few_shot_prompt(demonstrations, query: str, separator: str = " ") -> str:
@@ -166,5 +196,9 @@ def few_shot_prompt(demonstrations, query: str, separator: str = " ") -> str:
     ``(prompt, answer)`` pairs (Brown et al., 2020)."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
+    if isinstance(demonstrations, (str, dict)) or not isinstance(demonstrations, (list, tuple)):
+        raise TypeError(f"demonstrations must be a list of (prompt, answer) pairs, got {demonstrations!r:.60}")
+    if not all(isinstance(d, (tuple, list)) and len(d) == 2 for d in demonstrations):
+        raise TypeError(f"demonstrations must be (prompt, answer) pairs, got {demonstrations!r:.60}")
     parts = [f"{p} {a}" for p, a in demonstrations] + [query]
     return separator.join(parts)

@@ -6,11 +6,16 @@ projector ``W`` that maps the image's features into the language model's embeddi
 
 in place of an image placeholder token. Stage 1 of LLaVA trains only ``W`` on image-text pairs, which
 is what this module does; the LM's knowledge then applies to what the image shows.
+
+Chapter: notebooks/05_instruction_tuning.ipynb.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .. import checks
+from ..utils import device_of, eval_mode
 
 
 class VisualPrefixLM(nn.Module):
@@ -21,22 +26,21 @@ class VisualPrefixLM(nn.Module):
     def __init__(self, vision: nn.Module, lm: nn.Module, image_token_id: int, n_visual: int = 1,
                  hidden: int = 256):
         super().__init__()
-        if not hasattr(vision, "features"):
+        if not hasattr(checks.module(vision, "vision"), "features"):
             raise TypeError(f"the vision model must have a features(images) method, got {type(vision).__name__}")
-        if isinstance(n_visual, bool) or not isinstance(n_visual, int) or n_visual < 1:
-            raise ValueError(f"n_visual must be a positive int, got {n_visual!r}")
-        self.vision = vision.requires_grad_(False).eval()
+        if not hasattr(checks.module(lm, "lm"), "get_input_embeddings"):
+            raise TypeError(f"lm must be a Hugging Face causal LM, got {type(lm).__name__}")
+        self.n_visual = checks.positive_int(n_visual, "n_visual")
+        self.image_token_id = checks.integer(image_token_id, "image_token_id", minimum=0)
+        hidden = checks.positive_int(hidden, "hidden")
+        self.vision = vision.requires_grad_(False)  # frozen, and always run in eval mode
         self.lm = lm.requires_grad_(False)
-        self.image_token_id, self.n_visual = image_token_id, n_visual
         d_lm = lm.get_input_embeddings().weight.shape[1]
-        with torch.no_grad():
-            d_v = vision.features(torch.zeros(1, *self._image_shape(vision), device=self._device(vision))).shape[-1]
-        self.projector = nn.Sequential(nn.Linear(d_v, hidden), nn.GELU(), nn.Linear(hidden, n_visual * d_lm)).to(
-            self._device(lm))
-
-    @staticmethod
-    def _device(module):
-        return next(module.parameters()).device
+        with torch.no_grad(), eval_mode(vision):
+            probe = torch.zeros(1, *self._image_shape(vision), device=device_of(vision))
+            d_v = vision.features(probe).shape[-1]
+        self.projector = nn.Sequential(nn.Linear(d_v, hidden), nn.GELU(),
+                                       nn.Linear(hidden, n_visual * d_lm)).to(device_of(lm))
 
     @staticmethod
     def _image_shape(vision):
@@ -46,37 +50,47 @@ class VisualPrefixLM(nn.Module):
 
     def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """``H_v = W(g(X_v))``: ``(B, n_visual, d_lm)``."""
-        with torch.no_grad():
-            features = self.vision.features(images)
+        with torch.no_grad(), eval_mode(self.vision):
+            features = self.vision.features(images)  # g(X_v), (B, d_v)
         return self.projector(features).view(len(images), self.n_visual, -1)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
+        checks.tensor(images, "images", floating=True)
+        checks.tensor(input_ids, "input_ids", dim=2, floating=False)
         if len(images) != len(input_ids):
             raise ValueError(f"got {len(images)} images for {len(input_ids)} texts")
         is_image = input_ids == self.image_token_id
-        if not torch.equal(is_image.sum(1), torch.ones(len(input_ids), dtype=torch.long, device=input_ids.device)):
-            raise ValueError(f"every text must hold the image placeholder (token {self.image_token_id}) exactly once")
+        if not (is_image.sum(1) == 1).all():
+            raise ValueError(f"every text must hold the image placeholder (token "
+                             f"{self.image_token_id}) exactly once")
         b, n = input_ids.shape
         k = self.n_visual
         c = is_image.float().argmax(1)[:, None]  # each row's placeholder column, (B, 1)
-        # the new sequence, n + k - 1 long: text before the placeholder, k visual tokens, the rest of the text
-        j = torch.arange(n + k - 1, device=input_ids.device)[None]
-        visual_pos = (j >= c) & (j < c + k)
+        # the new sequence, n + k - 1 long: the text before the placeholder, k visual
+        # tokens, the rest of the text: [E(text before); H_v; E(text after)]
+        j = torch.arange(n + k - 1, device=input_ids.device)[None]  # (1, n + k - 1)
+        visual_pos = (j >= c) & (j < c + k)  # (B, n + k - 1)
         text_idx = torch.where(j < c, j, j - k + 1).clamp(0, n - 1)
-        text = self.lm.get_input_embeddings()(input_ids)
+        text = self.lm.get_input_embeddings()(input_ids)  # (B, n, d)
         d = text.shape[-1]
-        visual = self.visual_tokens(images).to(text.dtype)
-        embeds = torch.where(visual_pos[..., None], visual.gather(1, (j - c).clamp(0, k - 1)[..., None].expand(b, -1, d)),
+        visual = self.visual_tokens(images).to(text.dtype)  # H_v, (B, k, d)
+        visual_idx = (j - c).clamp(0, k - 1)[..., None].expand(b, -1, d)
+        embeds = torch.where(visual_pos[..., None], visual.gather(1, visual_idx),
                              text.gather(1, text_idx[..., None].expand(b, -1, d)))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = torch.where(visual_pos, 1, attention_mask.gather(1, text_idx))
         if labels is not None:  # no loss on the image's positions
             labels = torch.where(visual_pos, -100, labels.gather(1, text_idx))
-        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
-        # logits aligned with input_ids again: the placeholder's column reads the last visual token's output
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask,
+                      labels=labels, **kwargs)
+        # logits aligned with input_ids again: the placeholder's column reads the last
+        # visual token's output
         i = torch.arange(n, device=input_ids.device)[None]
-        keep = torch.where(i < c, i, i + k - 1)
-        out.logits = out.logits.gather(1, keep[..., None].expand(b, -1, out.logits.shape[-1]))
+        keep = torch.where(i < c, i, i + k - 1)  # (1 or B, n)
+        vocab = out.logits.shape[-1]
+        keep = keep[..., None].expand(b, -1, vocab)
+        out.logits = out.logits.gather(1, keep)  # (B, n, vocab)
         return out
