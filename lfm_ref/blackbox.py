@@ -134,25 +134,32 @@ def api_logits(api: ClassifierAPI, x: torch.Tensor) -> torch.Tensor:
     return log_p - log_p.mean(-1, keepdim=True)
 
 
-def zeroth_order_grad(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, directions: int = 1,
-                      eps: float = 1e-3, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Forward-difference estimate of ``d f / d x`` for a per-example function ``f`` (DFME, Eq. 6).
+def zeroth_order_grad(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      directions: int = 1, eps: float = 1e-3,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Forward-difference estimate of ``df/dx`` for a per-example ``f`` (DFME, Eq. 6).
 
-    ``f`` maps a batch ``(b, ...)`` to ``(b,)``. With ``u_i`` uniform on the unit sphere and ``d`` the
-    dimension of one example, ``g = d/m * sum_i (f(x + eps u_i) - f(x)) / eps * u_i``. All ``directions``
-    perturbations go to ``f`` as one batch, so ``f`` is queried for ``b * (directions + 1)`` inputs.
+    ``f`` maps a batch ``(b, ...)`` to ``(b,)``. With ``u_i`` uniform on the unit sphere
+    and ``d`` the dimension of one example,
+    ``g = d/m * sum_i (f(x + eps u_i) - f(x)) / eps * u_i``. All ``directions``
+    perturbations go to ``f`` as one batch: ``f`` is queried for
+    ``b * (directions + 1)`` inputs.
     """
     if not callable(f):
-        raise TypeError(f"f must be a function from a batch to one value per example, got {type(f).__name__}")
+        raise TypeError("f must be a function from a batch to one value per example, "
+                        f"got {type(f).__name__}")
     checks.tensor(x, "x", floating=True)
-    directions, eps = checks.positive_int(directions, "directions"), checks.positive(eps, "eps")
+    directions = checks.positive_int(directions, "directions")
+    eps = checks.positive(eps, "eps")
     b, d = len(x), x[0].numel()
-    u = torch.randn((directions, *x.shape), generator=generator, device="cpu").to(x.device)
-    u = u / u.flatten(2).norm(dim=-1).view(directions, b, *([1] * (x.dim() - 1)))  # (m, b, ...) unit rows
-    fx = f(x)                                                                    # (b,)
-    fu = f((x.unsqueeze(0) + eps * u).flatten(0, 1)).view(directions, b)         # (m, b)
-    slope = (fu - fx) / eps                                  # directional derivatives u_i . grad f
-    return d / directions * (slope.view(directions, b, *([1] * (x.dim() - 1))) * u).sum(0)
+    ones = [1] * (x.dim() - 1)  # broadcast one number per example over its entries
+    u = torch.randn((directions, *x.shape), generator=generator, device="cpu")
+    u = u.to(x.device)
+    u = u / u.flatten(2).norm(dim=-1).view(directions, b, *ones)  # (m, b, ...), unit
+    fx = f(x)                                                      # (b,)
+    fu = f((x.unsqueeze(0) + eps * u).flatten(0, 1)).view(directions, b)  # (m, b)
+    slope = (fu - fx) / eps  # directional derivatives u_i . grad f, (m, b)
+    return d / directions * (slope.view(directions, b, *ones) * u).sum(0)
 
 
 def zo_sgd(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, steps: int, lr: float,

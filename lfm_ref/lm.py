@@ -56,16 +56,23 @@ def lm_dataset(tokenizer, texts: Sequence[str]) -> DictDataset:
 
 
 def prompt_answer_dataset(tokenizer, pairs: Sequence[tuple[str, str]]) -> DictDataset:
-    """Supervised pairs ``(prompt, answer)``: the text is ``prompt answer <eos>`` and only the answer and
-    the end-of-sequence token are in the loss (instruction tuning's usual masking)."""
-    if isinstance(pairs, (str, tuple)) or len(pairs) == 0 or not all(len(p) == 2 for p in pairs):
-        raise ValueError("pairs must be a non-empty list of (prompt, answer) string pairs")
-    prompts, answers = (checks.texts(list(t), name) for t, name in zip(zip(*pairs), ("prompts", "answers")))
-    batch = encode(tokenizer, [f"{p} {a} {tokenizer.eos_token}" for p, a in zip(prompts, answers)])
+    """Supervised pairs ``(prompt, answer)``: the text is ``prompt answer <eos>``, and
+    only the answer and the end-of-sequence token are in the loss (instruction tuning's
+    usual masking)."""
+    bad = isinstance(pairs, (str, tuple)) or len(pairs) == 0
+    if bad or not all(len(p) == 2 for p in pairs):
+        raise ValueError("pairs must be a non-empty list of (prompt, answer) string "
+                         f"pairs, got {type(pairs).__name__}")
+    prompts = checks.texts([p for p, _ in pairs], "prompts")
+    answers = checks.texts([a for _, a in pairs], "answers")
+    texts = [f"{p} {a} {tokenizer.eos_token}" for p, a in zip(prompts, answers)]
+    batch = encode(tokenizer, texts)
     prompt_len = torch.tensor([len(tokenizer(p)["input_ids"]) for p in prompts])
     cols = torch.arange(batch["input_ids"].shape[1])
-    in_loss = (cols[None] >= prompt_len[:, None]) & (batch["attention_mask"] == 1)  # (B, T)
-    return DictDataset({**batch, "labels": batch["input_ids"].masked_fill(~in_loss, -100)})
+    # the loss covers position t iff t >= len(prompt) and t is not padding; (B, T)
+    in_loss = (cols[None] >= prompt_len[:, None]) & (batch["attention_mask"] == 1)
+    labels = batch["input_ids"].masked_fill(~in_loss, -100)  # -100: ignored by the loss
+    return DictDataset({**batch, "labels": labels})
 
 
 def target_ids(tokenizer, targets: Sequence[str]) -> torch.Tensor:

@@ -186,7 +186,8 @@ def _shown_objects(path):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 exec(compile(ast.Module([node], []), str(path), "exec"), namespace)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "show":
+            name = getattr(node, "func", None) and getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if isinstance(node, ast.Call) and name == "show" and node.args:  # not plt.show()
                 shown.append(ast.unparse(node.args[0]))
     return [eval(expr, namespace) for expr in shown]
 

@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -6,8 +5,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfm_ref import fit, seed_everything
-from lfm_ref.distill import (Cohort, Distillation, HintRegressor, born_again, fitnets_hint_objective, hint_loss,
-                             kd_loss, kd_objective, mutual_learning_loss, rkd_angle_loss, rkd_distance_loss, rkd_loss)
+from lfm_ref.distill import (
+    Cohort,
+    Distillation,
+    HintRegressor,
+    born_again,
+    fitnets_hint_objective,
+    hint_loss,
+    kd_loss,
+    kd_objective,
+    mutual_learning_loss,
+    mutual_learning_objective,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    rkd_loss,
+    rkd_objective,
+)
 from lfm_ref.hooks import capture_outputs
 from lfm_ref.zoo.models import TinyMLP
 
@@ -63,6 +76,17 @@ def test_hint_loss_is_zero_for_a_perfect_regressor():
 def test_mutual_learning_loss_is_ce_when_peers_agree():
     logits = torch.stack([S, S, S])
     assert torch.allclose(mutual_learning_loss(logits, Y), 3 * F.cross_entropy(S, Y), atol=1e-6)
+
+
+def test_mutual_learning_objective_is_a_factory_of_the_loss():
+    """``*_objective(...)`` returns a ``loss_fn(model, batch)``, as every other objective does."""
+    peers = [TinyMLP(), TinyMLP(hidden=16)]
+    x = torch.rand(8, 1, 8, 8)
+    loss_fn = mutual_learning_objective()
+    cohort = Cohort(peers)
+    assert torch.allclose(loss_fn(cohort, (x, Y[:8])), mutual_learning_loss(cohort(x), Y[:8]))
+    with pytest.raises(TypeError, match="Cohort"):
+        loss_fn(peers[0], (x, Y[:8]))
 
 
 def test_mutual_learning_gradient_of_each_peer_is_its_own_loss():
@@ -123,7 +147,8 @@ def test_rkd_equals_torchdistill():
 def test_hint_loss_equals_torchdistill_mse_wrapper():
     reg = HintRegressor(4, 6)
     v, u = torch.randn(5, 4), torch.randn(5, 6)
-    peer = torchdistill.SimpleLossWrapper(nn.MSELoss(), input={"is_from_teacher": False, "module_path": "r", "io": "output"},
+    peer = torchdistill.SimpleLossWrapper(nn.MSELoss(),
+                                          input={"is_from_teacher": False, "module_path": "r", "io": "output"},
                                           target={"is_from_teacher": True, "module_path": "m", "io": "output"})
     expected = peer({"r": {"output": reg(v)}}, _io(u), None)
     assert torch.allclose(hint_loss(v, u, reg), 0.5 * expected, atol=1e-6)
@@ -131,12 +156,14 @@ def test_hint_loss_equals_torchdistill_mse_wrapper():
 
 # ----- bad input ---------------------------------------------------------------------------------
 def test_distillation_bad_input():
-    with pytest.raises(ValueError, match="temperature must be a positive"):
+    with pytest.raises(ValueError, match=r"temperature must lie in \(0.0, inf\]"):
         kd_loss(S, T, temperature=0)
     with pytest.raises(ValueError, match="same number of classes"):
         kd_loss(torch.randn(4, 5), torch.randn(4, 10))
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0.0, 1.0\]"):
         kd_loss(S, T, Y, alpha=1.5)
+    with pytest.raises(ValueError, match="same inputs"):
+        kd_loss(torch.randn(4, 10), torch.randn(5, 10))
     with pytest.raises(ValueError, match="temperature"):
         kd_objective(nn.Linear(2, 2), temperature=-1)
     with pytest.raises(ValueError, match="same batch"):
@@ -160,6 +187,38 @@ def test_capture_outputs_names_close_modules():
         model(torch.rand(3, 1, 8, 8))
     assert out["body"].shape == (3, 32)
     assert not model.body._forward_hooks  # hooks removed afterwards
+
+
+# ----- modes: an objective that runs the teacher gives it back in its own mode ----------------------------
+def test_kd_objective_runs_the_teacher_in_eval_mode_and_restores_it():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Dropout(0.5), nn.Linear(16, 10)).train()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    student = TinyMLP()
+    loss_fn = kd_objective(teacher)
+    assert teacher.training  # making the objective does not touch the teacher
+    online = loss_fn(student, (x, y))
+    assert teacher.training and teacher[2].training  # train mode in, train mode out
+    with torch.no_grad():
+        teacher.eval()
+        offline = kd_loss(student(x), teacher(x), y)  # dropout off: the teacher's deterministic targets
+        teacher.train()
+    assert torch.allclose(online, offline)
+    assert all(p.requires_grad and p.grad is None for p in teacher.parameters())
+
+
+def test_born_again_leaves_the_first_teacher_in_its_mode():
+    teacher = TinyMLP().train()
+    born_again(TinyMLP, teacher, (torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))), generations=1,
+               steps=1, device="cpu")
+    assert teacher.training
+
+
+def test_objectives_are_factories_of_a_loss_fn():
+    """The naming rule: ``*_loss`` takes tensors, ``*_objective(...)`` returns ``loss_fn(model, batch)``."""
+    for objective in (kd_objective(None), fitnets_hint_objective("body", "features"),
+                      rkd_objective("body", "features"), mutual_learning_objective()):
+        assert callable(objective) and objective.__name__ == "loss_fn"
 
 
 def test_offline_kd_equals_online_kd():

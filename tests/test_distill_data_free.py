@@ -7,9 +7,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfm_ref import seed_everything, zoo
-from lfm_ref.distill import (BatchNormStatistics, BlackBoxAPI, Generator, api_logits, bn_statistics_loss, dafl,
-                             dafl_losses, deep_inversion, dfad, dfme, discrepancy, total_variation, zeroth_order_grad)
+from lfm_ref.blackbox import ClassifierAPI, api_logits, zeroth_order_grad
+from lfm_ref.distill import (
+    BatchNormStatistics,
+    Generator,
+    bn_statistics_loss,
+    dafl,
+    dafl_losses,
+    deep_inversion,
+    dfad,
+    dfme,
+    discrepancy,
+    total_variation,
+)
 from lfm_ref.zoo.models import TinyCNN, TinyMLP
+
+# dfme(ClassifierAPI(tiny-cnn), TinyCNN(width=4), Generator(), steps=2, batch_size=16, student_steps=2)
+# after seed_everything(2), run with the old distill.BlackBoxAPI at commit a29603b (the generator's loss
+# divides query differences by eps: a loose tolerance across CPUs)
+DFME_BEFORE_THE_MOVE = [(-4.471184730529785, 2.3127357959747314), (4.428219318389893, 2.279201030731201)]
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +102,11 @@ def test_deep_inversion_errors(teacher):
         deep_inversion(no_batchnorm, torch.arange(4), (1, 8, 8), steps=1)
     with pytest.raises(ValueError, match="running statistics"):
         BatchNormStatistics(nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)))
-    with pytest.raises(TypeError, match="class indices"):
+    with pytest.raises(TypeError, match="targets must be an integer tensor"):
         deep_inversion(teacher, torch.zeros(4), (1, 8, 8), steps=1)
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match=r"class indices in \[0, 10\)"):
+        deep_inversion(teacher, torch.tensor([3, 10]), (1, 8, 8), steps=1)
+    with pytest.raises(ValueError, match=">= 2 targets"):
         deep_inversion(teacher, torch.tensor([3]), (1, 8, 8), steps=1)
 
 
@@ -157,44 +175,112 @@ def test_dfad_generator_ascends_the_discrepancy(teacher):
         dfad(teacher, TinyCNN(n_classes=5, width=4), Generator(), steps=1, batch_size=4, student_steps=1)
 
 
-def test_black_box_api_counts_queries_and_gives_no_gradient(teacher):
-    api = BlackBoxAPI(teacher)
+def test_classifier_api_counts_queries_and_gives_no_gradient():
+    """lfm_ref.blackbox.ClassifierAPI, the book's one black-box wrapper: answers carry no graph even when the
+    model and the inputs require gradients, every input is billed, and the caller's model is left as it was
+    (mode and requires_grad flags: the old distill.BlackBoxAPI froze it for good)."""
+    model = zoo.load("tiny-cnn", device="cpu").train()  # a private copy, trainable and in train mode
+    assert all(p.requires_grad for p in model.parameters())
+    api = ClassifierAPI(model)
     x = torch.rand(7, 1, 8, 8, requires_grad=True)
     probs = api(x)
-    assert api.queries == 7 and not probs.requires_grad
+    assert api.queries == 7 and not probs.requires_grad and probs.grad_fn is None
     assert torch.allclose(probs.sum(-1), torch.ones(7))
-    logits = teacher(x).detach()
+    assert model.training and all(p.requires_grad for p in model.parameters())  # untouched
+    assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():
+        model.eval()
+        logits = model(x)
+        model.train()
+    assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)  # answered in eval mode
     assert torch.allclose(api_logits(api, x), logits - logits.mean(-1, keepdim=True), atol=1e-4)
-    labels = BlackBoxAPI(teacher, output="label")(x)
+    assert api.queries == 14
+    labels = ClassifierAPI(model, output="label")(x)
     assert labels.dtype == torch.long and torch.equal(labels, logits.argmax(-1))
     with pytest.raises(ValueError, match="probabilities"):
-        api_logits(BlackBoxAPI(teacher, output="label"), x)
-    with pytest.raises(ValueError, match="'probs' or 'label'"):
-        BlackBoxAPI(teacher, output="logits")
+        api_logits(ClassifierAPI(model, output="label"), x)
+    with pytest.raises(ValueError, match=r"output must be one of \['probs', 'label'\]"):
+        ClassifierAPI(model, output="logits")
 
 
 def test_zeroth_order_gradient_is_unbiased_for_a_linear_function():
     torch.manual_seed(0)
     a = torch.randn(3, 1, 4, 4)
     x = torch.rand(3, 1, 4, 4)
-    f = lambda inputs: (inputs * a.repeat(len(inputs) // 3, 1, 1, 1)).flatten(1).sum(-1)
+
+    def f(inputs):
+        return (inputs * a.repeat(len(inputs) // 3, 1, 1, 1)).flatten(1).sum(-1)
+
     g = zeroth_order_grad(f, x, directions=4000, eps=1e-2, generator=torch.Generator().manual_seed(0))
     cos = F.cosine_similarity(g.flatten(1), a.flatten(1)).min()
     assert cos > 0.95
     assert torch.allclose(g.flatten(1).norm(dim=1), a.flatten(1).norm(dim=1), rtol=0.15)
 
 
-def test_dfme_counts_every_query_and_never_takes_a_teacher_gradient(teacher):
+def test_dfme_counts_every_query_and_never_takes_a_teacher_gradient():
     seed_everything(0)
-    for p in teacher.parameters():
-        p.grad = None
-    api = BlackBoxAPI(teacher)
+    teacher = zoo.load("tiny-cnn", device="cpu")  # trainable: the API, not a frozen flag, stops gradients
+    assert all(p.requires_grad and p.grad is None for p in teacher.parameters())
+    api = ClassifierAPI(teacher)
     steps, batch, directions, student_steps = 3, 8, 2, 2
     dfme(api, TinyCNN(width=4), Generator(), steps=steps, batch_size=batch, directions=directions,
          student_steps=student_steps)
     # per step: (directions + 1) queries per image for the gradient estimate, then one per student image
     assert api.queries == steps * batch * (directions + 1 + student_steps)
-    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None and p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+
+
+def test_dfme_gives_the_numbers_it_gave_with_the_old_api():
+    """The move from distill.BlackBoxAPI (which froze the model for good) to blackbox.ClassifierAPI changed
+    no number: the first generator and student losses of a seeded run, recorded before the move."""
+    seed_everything(2)
+    history = dfme(ClassifierAPI(zoo.load("tiny-cnn", device="cpu")), TinyCNN(width=4), Generator(), steps=2,
+                   batch_size=16, student_steps=2)
+    assert [v for step in history for v in step] == pytest.approx(
+        [v for step in DFME_BEFORE_THE_MOVE for v in step], rel=1e-2)
+
+
+# ----- modes: a function that only uses the teacher gives it back as it found it -----------------------
+def _trainable_teacher():
+    return zoo.load("tiny-cnn", device="cpu").train()
+
+
+@pytest.mark.parametrize("method", ["deep_inversion", "dafl", "dfad"])
+def test_the_teacher_comes_back_in_its_mode_and_trainable(method):
+    teacher = _trainable_teacher()
+    seed_everything(0)
+    if method == "deep_inversion":
+        deep_inversion(teacher, torch.arange(8) % 10, (1, 8, 8), steps=2, seed=0)
+    elif method == "dafl":
+        dafl(teacher, TinyCNN(width=4), Generator(), "features", steps=2, batch_size=8, bn_weight=1.0)
+    else:
+        dfad(teacher, TinyCNN(width=4), Generator(), steps=2, batch_size=8, student_steps=1, bn_weight=1.0)
+    assert teacher.training and all(m.training for m in teacher.modules())
+    assert all(p.requires_grad and p.grad is None for p in teacher.parameters())
+
+
+def test_inversion_runs_the_teacher_in_eval_mode():
+    """In train mode the BatchNorm layers would normalise with the synthetic batch's own statistics (and
+    update their running ones): the teacher must be in eval mode inside, whatever mode it came in."""
+    a, b = _trainable_teacher(), _trainable_teacher().eval()
+    stats = {k: v.clone() for k, v in a.state_dict().items()}
+    targets = torch.arange(8) % 10
+    assert torch.equal(deep_inversion(a, targets, (1, 8, 8), steps=3, seed=0),
+                       deep_inversion(b, targets, (1, 8, 8), steps=3, seed=0))
+    assert all(torch.equal(stats[k], v) for k, v in a.state_dict().items())
+
+
+def test_generator_sample_takes_a_generator_and_leaves_the_global_stream_alone():
+    g = Generator(latent_dim=8).eval()
+    state = torch.get_rng_state()
+    a = g.sample(4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, g.sample(4, generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(5)
+    b = g.sample(4)  # without one: the global stream, as before
+    torch.manual_seed(5)
+    assert torch.equal(b, g(torch.randn(4, 8)))
 
 
 @pytest.mark.gpu
@@ -204,5 +290,5 @@ def test_data_free_methods_run_on_cuda(teacher):
     assert x.device.type == "cuda"
     student = TinyCNN(width=4)
     dfad(gpu_teacher, student, Generator(), steps=2, batch_size=8, student_steps=1, bn_weight=1.0)
-    dfme(BlackBoxAPI(gpu_teacher), student, Generator(), steps=2, batch_size=8, student_steps=1)
+    dfme(ClassifierAPI(gpu_teacher), student, Generator(), steps=2, batch_size=8, student_steps=1)
     assert next(student.parameters()).device.type == "cuda"

@@ -5,8 +5,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lfm_ref import fit, lm, zoo
-from lfm_ref.distill import (smaller_gpt2, teacher_corpus, token_kd_loss, token_kd_objective,
-                             with_teacher_logits)
+from lfm_ref.distill import smaller_gpt2, teacher_corpus, token_kd_loss, token_kd_objective, with_teacher_logits
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +83,11 @@ def test_token_kd_training_moves_the_student_towards_the_teacher(tiny_gpt, world
     teacher, tok = tiny_gpt
     data = with_teacher_logits(teacher, lm.lm_dataset(tok, world.corpus()[:64]))
     student = tiny_student(len(tok))
-    kl = lambda: token_kd_loss(student(input_ids=data.tensors["input_ids"]).logits,
-                               data.tensors["teacher_logits"], data.tensors["labels"], alpha=1.0).item()
+
+    def kl():
+        return token_kd_loss(student(input_ids=data.tensors["input_ids"]).logits,
+                             data.tensors["teacher_logits"], data.tensors["labels"], alpha=1.0).item()
+
     before = kl()
     fit(student, data, loss_fn=token_kd_objective(None, alpha=1.0), steps=40, batch_size=16, lr=3e-3,
         device="cpu", seed=0)
@@ -115,7 +117,8 @@ def test_teacher_corpus_samples_from_scratch_reproducibly(tiny_gpt, world):
 def test_smaller_gpt2_keeps_vocabulary_and_context(tiny_gpt):
     teacher, _ = tiny_gpt
     student = smaller_gpt2(teacher, n_layer=2, n_embd=64)
-    assert (student.config.vocab_size, student.config.n_positions) == (teacher.config.vocab_size, teacher.config.n_positions)
+    assert student.config.vocab_size == teacher.config.vocab_size
+    assert student.config.n_positions == teacher.config.n_positions
     assert student.config.n_layer == 2 and student.config.n_embd == 64
     assert sum(p.numel() for p in student.parameters()) < 0.2 * sum(p.numel() for p in teacher.parameters())
 
@@ -124,11 +127,53 @@ def test_copy_layers_takes_every_other_teacher_layer(tiny_gpt):
     teacher, _ = tiny_gpt
     student = smaller_gpt2(teacher, n_layer=2, copy_layers=True)
     for i, j in ((0, 0), (1, 2)):
-        for (name, p), q in zip(student.transformer.h[i].state_dict().items(), teacher.transformer.h[j].state_dict().values()):
+        copied, source = student.transformer.h[i].state_dict(), teacher.transformer.h[j].state_dict()
+        for (name, p), q in zip(copied.items(), source.values()):
             assert torch.equal(p, q), name
     full = smaller_gpt2(teacher, n_layer=teacher.config.n_layer, copy_layers=True)  # all layers: the teacher itself
     ids = torch.tensor([[2, 10, 11, 12]])
     assert torch.allclose(full(input_ids=ids).logits, teacher(input_ids=ids).logits, atol=1e-6)
+
+
+# ----- random streams and modes: the caller's stay as they were ---------------------------------------
+def test_seeded_teacher_corpus_leaves_the_global_stream_alone(tiny_gpt):
+    """``seed=`` used to reseed Python, NumPy and torch for the caller; now the draws are the same as after
+    ``torch.manual_seed(seed)`` and the caller's stream is untouched."""
+    teacher, tok = tiny_gpt
+    torch.manual_seed(7)
+    expected = teacher_corpus(teacher, tok, n=8)  # the global stream, freshly seeded
+    state = torch.get_rng_state()
+    assert teacher_corpus(teacher, tok, n=8, seed=7) == expected
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_seeded_smaller_gpt2_leaves_the_global_stream_alone(tiny_gpt):
+    teacher, _ = tiny_gpt
+    torch.manual_seed(3)
+    expected = smaller_gpt2(teacher, n_layer=1)
+    state = torch.get_rng_state()
+    student = smaller_gpt2(teacher, n_layer=1, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, p), q in zip(student.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_functions_that_run_the_teacher_restore_its_mode(tiny_gpt, world):
+    teacher, tok = tiny_gpt
+    data = lm.lm_dataset(tok, world.corpus()[:4])
+    teacher.train()
+    try:
+        eval_logits = with_teacher_logits(teacher, data).tensors["teacher_logits"]
+        assert teacher.training and all(m.training for m in teacher.modules())
+        teacher_corpus(teacher, tok, n=2, seed=0, max_new_tokens=3)
+        assert teacher.training and all(m.training for m in teacher.modules())
+        loss = token_kd_objective(teacher)(tiny_student(len(tok)), data.tensors)
+        assert teacher.training and all(m.training for m in teacher.modules())
+        assert torch.isfinite(loss)
+    finally:
+        teacher.eval()
+    assert torch.allclose(eval_logits, with_teacher_logits(teacher, data).tensors["teacher_logits"])
+    assert all(p.grad is None for p in teacher.parameters())
 
 
 # ----- errors ---------------------------------------------------------------------------------------
@@ -136,7 +181,7 @@ def test_lm_kd_bad_input(tiny_gpt, batch):
     teacher, tok = tiny_gpt
     labels = batch["labels"]
     s = torch.randn(*labels.shape, 252)
-    with pytest.raises(ValueError, match="share a vocabulary"):
+    with pytest.raises(ValueError, match="share a"):
         token_kd_loss(s, torch.randn(*labels.shape, 100), labels)
     with pytest.raises(ValueError, match="labels must be"):
         token_kd_loss(s, s, labels[:, :-1])

@@ -1,6 +1,8 @@
 """Response-based knowledge distillation (Hinton, Vinyals & Dean, 2015, "Distilling the Knowledge in a
 Neural Network", arXiv:1503.02531) and its repeated form, born-again networks (Furlanello et al., ICML 2018).
 
+Chapter: notebooks/07_classic_distillation.ipynb
+
 The student matches the teacher's temperature-softened class distribution:
 
     L = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)
@@ -10,47 +12,63 @@ The T^2 factor keeps the soft term's gradients on the scale of the hard term's a
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checks
 from ..train import fit
+from ..utils import device_of, eval_mode
 
 
-def _check_temperature(temperature: float) -> None:
-    if not isinstance(temperature, (int, float)) or temperature <= 0:
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+def _check_logits(student_logits, teacher_logits) -> None:
+    """Both logits are float tensors of one shape ``(rows, classes)``; the error says which side differs."""
+    checks.tensor(student_logits, "student_logits", floating=True)
+    checks.tensor(teacher_logits, "teacher_logits", floating=True)
+    s, t = tuple(student_logits.shape), tuple(teacher_logits.shape)
+    if s[:-1] != t[:-1]:
+        raise ValueError(f"student_logits and teacher_logits must come from the same inputs, got shapes "
+                         f"{s} and {t}")
+    if s[-1] != t[-1]:
+        raise ValueError(f"the student predicts {s[-1]} classes and the teacher {t[-1]}: distillation "
+                         "needs the same number of classes")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None,
-            temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
-    """Hinton's distillation loss; ``alpha`` weighs the soft term (``alpha=1`` or no targets: soft term only)."""
-    _check_temperature(temperature)
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
-                         f"{tuple(teacher_logits.shape)} (do they predict the same number of classes?)")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
-    T = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / T, -1), F.log_softmax(teacher_logits / T, -1),
-                    reduction="batchmean", log_target=True) * T**2  # T^2 * KL(p_t || p_s)
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            targets: torch.Tensor | None = None, temperature: float = 4.0,
+            alpha: float = 0.9) -> torch.Tensor:
+    """Hinton's distillation loss on ``(batch, classes)`` logits; ``alpha`` weighs the
+    soft term (``alpha=1`` or no targets: the soft term only)."""
+    _check_logits(student_logits, teacher_logits)
+    T = checks.positive(temperature, "temperature")
+    alpha = checks.probability(alpha, "alpha")
+    log_p_s = F.log_softmax(student_logits / T, -1)  # log softmax(z_s / T)
+    log_p_t = F.log_softmax(teacher_logits / T, -1)  # log softmax(z_t / T)
+    soft = T**2 * F.kl_div(log_p_s, log_p_t, reduction="batchmean",
+                           log_target=True)  # T^2 * KL(p_t || p_s)
     if targets is None or alpha == 1:
         return soft
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, targets)
+    checks.class_indices(targets, "targets", student_logits.shape[-1])
+    checks.same_shape(targets, student_logits[..., 0], "targets", "one label per row")
+    hard = F.cross_entropy(student_logits, targets)                    # CE(z_s, y)
+    return alpha * soft + (1 - alpha) * hard
 
 
-def kd_objective(teacher: nn.Module | None, temperature: float = 4.0, alpha: float = 0.9) -> Callable:
-    """A ``loss_fn`` for :func:`lfm_ref.fit` that distils ``teacher`` (kept frozen, in eval mode).
+def kd_objective(teacher: nn.Module | None, temperature: float = 4.0,
+                 alpha: float = 0.9) -> Callable:
+    """A ``loss_fn`` for :func:`lfm_ref.fit` that distils ``teacher`` (run in eval mode, no gradient).
 
     Batches are ``(x, y)``, and the teacher is run on every batch, or ``(x, y, teacher_logits)`` with the
     teacher's outputs computed once beforehand (offline distillation: ``lfm_ref.predict(teacher, x)``),
     which is exact when the inputs are not augmented and saves the teacher's forward pass at every step.
+    The teacher keeps the train/eval mode it had between steps.
     """
-    _check_temperature(temperature)
     if teacher is not None:
-        teacher.eval().requires_grad_(False)
+        checks.module(teacher, "teacher")
+    checks.positive(temperature, "temperature")
+    checks.probability(alpha, "alpha")
 
     def loss_fn(student, batch):
         if len(batch) == 3:
@@ -59,9 +77,9 @@ def kd_objective(teacher: nn.Module | None, temperature: float = 4.0, alpha: flo
             raise ValueError("kd_objective(None) needs (x, y, teacher_logits) batches")
         else:
             x, y = batch
-            if next(teacher.parameters()).device != x.device:
+            if device_of(teacher) != x.device:
                 teacher.to(x.device)
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(teacher):
                 teacher_logits = teacher(x)
         return kd_loss(student(x), teacher_logits, y, temperature, alpha)
 
@@ -74,8 +92,11 @@ def born_again(make_student: Callable[[], nn.Module], teacher: nn.Module, data, 
 
     Returns the students of every generation (the last one is usually used, or their ensemble).
     """
-    if not isinstance(generations, int) or generations < 1:
-        raise ValueError(f"generations must be a positive int, got {generations!r}")
+    if not callable(make_student) or isinstance(make_student, nn.Module):
+        raise TypeError(f"make_student must be a function that returns a new student, got "
+                        f"{type(make_student).__name__}")
+    checks.module(teacher, "teacher")
+    generations = checks.positive_int(generations, "generations")
     students, current = [], teacher
     for _ in range(generations):
         student = make_student()
