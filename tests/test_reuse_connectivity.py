@@ -1,4 +1,5 @@
-"""Chapter 12: mode connectivity, permutations, re-basin, OT fusion, ZipIt (defining properties, closed forms, errors)."""
+"""Chapter 12: mode connectivity, permutations, re-basin, OT fusion, ZipIt (defining properties, closed forms,
+errors)."""
 import itertools
 
 import numpy as np
@@ -7,9 +8,21 @@ import torch
 from torch import nn
 
 from lfm_ref import fit, seed_everything
-from lfm_ref.reuse.connectivity import (BezierCurve, barrier, interpolate, linear_chain, linear_path,
-                                        loss_and_accuracy, mlp_permutation_spec, ot_fusion, permute_state_dict,
-                                        random_permutations, sinkhorn, weight_matching, zipit)
+from lfm_ref.reuse.connectivity import (
+    BezierCurve,
+    barrier,
+    interpolate,
+    linear_chain,
+    linear_path,
+    loss_and_accuracy,
+    mlp_permutation_spec,
+    ot_fusion,
+    permute_state_dict,
+    random_permutations,
+    sinkhorn,
+    weight_matching,
+    zipit,
+)
 from lfm_ref.zoo.models import TinyMLP
 
 
@@ -66,7 +79,8 @@ def test_rebasin_keeps_the_function_and_increases_the_matching_objective(mlps):
 def test_weight_matching_of_one_hidden_layer_is_the_brute_force_optimum():
     # with one permutation the problem is a single linear assignment: exact, so it must match brute force
     torch.manual_seed(0)
-    a = {"l0.weight": torch.randn(5, 3), "l0.bias": torch.randn(5), "l1.weight": torch.randn(2, 5), "l1.bias": torch.randn(2)}
+    a = {"l0.weight": torch.randn(5, 3), "l0.bias": torch.randn(5), "l1.weight": torch.randn(2, 5),
+         "l1.bias": torch.randn(2)}
     b = {k: torch.randn_like(v) for k, v in a.items()}
     spec = mlp_permutation_spec(["l0", "l1"])
 
@@ -207,3 +221,20 @@ def test_rebasin_and_fusion_on_cuda(mlps):
         assert zipit(ga, gb, linear_chain(a), x.cuda())["body.3.weight"].is_cuda
     finally:
         a.cpu(), b.cpu()
+
+
+def test_connectivity_restores_the_mode_and_leaves_the_global_stream_alone(mlps):
+    a, b, x, spec = mlps
+    a.train(), b.train()
+    zipit(a, b, linear_chain(a), x)
+    assert a.training and b.training and all(m.training for m in a.modules())
+    a.eval(), b.eval()
+    curve = BezierCurve(TinyMLP(hidden=16), a.state_dict(), b.state_dict(), seed=3).train()
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    curve(x[:2]), curve(x[:2])  # t ~ U(0, 1) from the curve's own generator
+    assert torch.equal(torch.rand(2), expected)
+    again = BezierCurve(TinyMLP(hidden=16), a.state_dict(), b.state_dict(), seed=3).train()
+    assert torch.allclose(again(x[:2]), BezierCurve(TinyMLP(hidden=16), a.state_dict(), b.state_dict(),
+                                                    seed=3).train()(x[:2]))

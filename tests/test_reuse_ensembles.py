@@ -4,9 +4,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfm_ref.reuse.ensembles import (BatchEnsemble, BatchEnsembleLinear, LinearizedModel, StackingCombiner,
-                                     average_probabilities, batch_ensemble_loss, majority_vote, member_batches,
-                                     member_logits, stacking_loss, tangent_compose)
+from lfm_ref.reuse.ensembles import (
+    BatchEnsemble,
+    BatchEnsembleLinear,
+    LinearizedModel,
+    StackingCombiner,
+    average_probabilities,
+    batch_ensemble_objective,
+    majority_vote,
+    member_batches,
+    member_logits,
+    stacking_objective,
+    tangent_compose,
+)
 from lfm_ref.zoo.models import TinyViT
 
 
@@ -32,7 +42,7 @@ def test_stacking_starts_as_the_geometric_mean_and_learns_to_trust_the_good_memb
     members = torch.stack([good, torch.randn(400, 4), torch.randn(400, 4)])
     from lfm_ref import fit
 
-    fit(stacker, (members.transpose(0, 1), y), loss_fn=stacking_loss, steps=100, lr=5e-2, seed=0, device="cpu")
+    fit(stacker, (members.transpose(0, 1), y), loss_fn=stacking_objective(), steps=100, lr=5e-2, seed=0, device="cpu")
     assert stacker.weight[0] > stacker.weight[1:].abs().max()
 
 
@@ -58,7 +68,7 @@ def test_batch_ensemble_with_unit_fast_weights_is_the_base_model_and_the_loss_is
     assert torch.allclose(be(x), vit(x).log_softmax(-1), atol=1e-5)
     data = member_batches([(x, torch.arange(5)), (x[:4], torch.arange(4))])
     assert data[0].shape == (4, 2, 1, 8, 8) and data[1].shape == (4, 2)
-    loss = batch_ensemble_loss(be, data)
+    loss = batch_ensemble_objective()(be, data)
     expected = (F.cross_entropy(vit(x[:4]), torch.arange(4)) * 2) / 2
     assert torch.allclose(loss, expected, atol=1e-5)
 
@@ -75,7 +85,8 @@ def test_linearized_model_is_the_first_order_taylor_expansion():
             d.copy_(v)
         jvp_out = lin(x) - vit(x)
         eps = 1e-3  # finite difference along Delta: (f(theta_0 + eps Delta) - f(theta_0)) / eps ~ J Delta
-        shifted = {n: p + eps * directions[lin.names.index(n)] if n in lin.names else p for n, p in vit.named_parameters()}
+        shifted = {n: p + eps * directions[lin.names.index(n)] if n in lin.names else p
+                   for n, p in vit.named_parameters()}
         fd = (torch.func.functional_call(vit, shifted, (x,)) - vit(x)) / eps
     assert torch.allclose(jvp_out, fd, atol=2e-2 * fd.abs().max().item())
 
@@ -94,7 +105,8 @@ def test_linearizing_a_linear_model_is_exact_and_composition_is_the_ensemble():
     # for a model linear in its parameters the tangent model is the model itself: f_lin(Delta) = f(theta_0 + Delta)
     moved = nn.Linear(5, 3)
     with torch.no_grad():
-        moved.weight.copy_(base.weight + parts[0].delta[0]); moved.bias.copy_(base.bias + parts[0].delta[1])
+        moved.weight.copy_(base.weight + parts[0].delta[0])
+        moved.bias.copy_(base.bias + parts[0].delta[1])
     assert torch.allclose(parts[0](x), moved(x), atol=1e-5)
     composed = tangent_compose(parts)
     assert torch.allclose(composed(x), member_logits(parts, x).mean(0), atol=1e-5)
@@ -137,3 +149,17 @@ def test_ensembles_on_cuda():
     lin = LinearizedModel(vit, trainable=("head",))
     assert torch.allclose(lin(x), vit(x), atol=1e-5)
     assert tangent_compose([lin, lin])(x).is_cuda
+
+
+def test_ensembles_restore_the_mode_and_leave_the_global_stream_alone():
+    vit = TinyViT(dim=32, depth=1, heads=2).train()
+    x = torch.rand(4, 1, 8, 8)
+    member_logits([vit], x)
+    assert all(m.training for m in vit.modules())
+    linear = nn.Linear(3, 2)
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    BatchEnsembleLinear(linear, 2)  # fast weights from a generator (seed 0), not the global stream
+    BatchEnsemble(vit, 2, ["head"], seed=1)
+    assert torch.equal(torch.rand(2), expected)

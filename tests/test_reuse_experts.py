@@ -47,7 +47,8 @@ def test_forward_equals_the_per_example_merge(vits):
     assert r.shape == (5, 3) and r.std(0).min() > 0
     expected = []
     for i in range(len(h)):
-        params = {name: p + sum(r[i, t] * (dict(b.blocks[0].mlp.named_parameters())[name] - p) for t, b in enumerate(blocks[1:]))
+        params = {name: p + sum(r[i, t] * (dict(b.blocks[0].mlp.named_parameters())[name] - p)
+                                for t, b in enumerate(blocks[1:]))
                   for name, p in blocks[0].blocks[0].mlp.named_parameters()}
         expected.append(functional_call(blocks[0].blocks[0].mlp, params, (h[i:i + 1],)))
     assert torch.allclose(layer(h), torch.cat(expected), atol=1e-5)

@@ -3,10 +3,24 @@ import pytest
 import torch
 from torch import nn
 
-from lfm_ref.reuse import (adamerging, dare, dare_merge, diagonal_fisher, fisher_merge, gram_matrices, merge, regmean,
-                           task_arithmetic, task_vector, ties_merge, trim, weighted_average)
-from lfm_ref.zoo.models import TinyViT
-from lfm_ref.zoo.models import TinyCNN
+from lfm_ref.reuse import (
+    METHODS,
+    adamerging,
+    dare,
+    dare_merge,
+    diagonal_fisher,
+    fisher_merge,
+    gram_matrices,
+    kept_entries,
+    merge,
+    regmean,
+    task_arithmetic,
+    task_vector,
+    ties_merge,
+    trim,
+    weighted_average,
+)
+from lfm_ref.zoo.models import TinyCNN, TinyViT
 
 
 def close(a, b, atol=1e-6):
@@ -30,7 +44,7 @@ def models():
 def test_averaging_copies_of_one_model_returns_it(models):
     pre, _ = models
     assert close(weighted_average([pre, pre, pre]), pre)
-    assert close(merge(None, [pre, pre], method="average"), pre)
+    assert close(merge("average", None, [pre, pre]), pre)
 
 
 def test_weighted_average_is_fedavg(models):
@@ -123,7 +137,7 @@ def test_regmean_solves_its_normal_equations():
     torch.manual_seed(0)
     models = [nn.Sequential(nn.Linear(6, 4)) for _ in range(3)]
     inputs = [torch.randn(50, 6) + i for i in range(3)]
-    merged = regmean(models, inputs, alpha=1.0)["0.weight"].double()
+    merged = regmean(models, inputs, off_diagonal=1.0)["0.weight"].double()
     grams = [x.double().T @ x.double() for x in inputs]
     lhs = merged @ sum(grams)
     rhs = sum(m[0].weight.detach().double() @ g for m, g in zip(models, grams))
@@ -151,7 +165,7 @@ def test_regmean_handles_gpt2_conv1d():
     config = GPT2Config(vocab_size=30, n_positions=8, n_embd=16, n_layer=1, n_head=2)
     models = [GPT2LMHeadModel(config).eval() for _ in range(2)]
     ids = [torch.randint(0, 30, (20, 8)) for _ in range(2)]
-    merged = regmean(models, ids, alpha=0.9)
+    merged = regmean(models, ids, off_diagonal=0.9)
     name = "transformer.h.0.mlp.c_fc"  # Conv1D: y = x W with W of shape (in, out)
     # this layer reads LayerNorm outputs, whose features sum to zero: X^T X is singular, and alpha < 1
     # (the paper's regularisation) is what makes the system solvable
@@ -166,7 +180,7 @@ def test_adamerging_starts_at_task_arithmetic_and_lowers_entropy(models):
     pre, fts = models
     cnn = TinyCNN(width=4)
     x = [torch.rand(40, 1, 8, 8) for _ in fts]
-    start, lam0 = adamerging(cnn, pre, fts, x, steps=0, init=0.3)
+    start, lam0 = adamerging(cnn, pre, fts, x, steps=0, lam=0.3)
     assert close(start, task_arithmetic(pre, fts, lam=0.3), atol=1e-6) and (lam0 == 0.3).all()
 
     def entropy(sd):
@@ -174,7 +188,7 @@ def test_adamerging_starts_at_task_arithmetic_and_lowers_entropy(models):
         p = cnn.eval()(torch.cat(x)).softmax(-1)
         return -(p * p.log()).sum(-1).mean().item()
 
-    learned, lam = adamerging(cnn, pre, fts, x, steps=60, lr=0.05, init=0.3)
+    learned, lam = adamerging(cnn, pre, fts, x, steps=60, lr=0.05, lam=0.3)
     assert lam.shape == (3, len(list(cnn.parameters())))
     assert entropy(learned) < entropy(start)
 
@@ -185,7 +199,10 @@ def test_ties_and_dare_match_peft_merge_utils():
     torch.manual_seed(0)
     pre = {"w": torch.randn(20, 30), "b": torch.randn(30)}
     fts = [{k: v + torch.randn_like(v) for k, v in pre.items()} for _ in range(3)]
-    ours = ties_merge(pre, fts, density=0.3, lam=1.0, scope="tensor")
+    pre["scale"] = torch.randn(())  # one entry: int(0.3 * 1) = 0 are kept, PEFT's rounding
+    fts = [{**sd, "scale": pre["scale"] + torch.randn(())} for sd in fts]
+    ours = ties_merge(pre, fts, density=0.3, lam=1.0, scope="tensor", rounding="floor")
+    assert torch.equal(ours["scale"], pre["scale"])  # with PEFT's rounding a scalar never merges
     for k in pre:
         theirs = merge_utils.ties([sd[k] - pre[k] for sd in fts], torch.ones(3), density=0.3)
         assert torch.allclose(ours[k], pre[k] + theirs, atol=1e-6), k
@@ -218,9 +235,13 @@ def test_task_arithmetic_ties_and_dare_match_mergekit():
     torch.manual_seed(0)
     pre = {"w": torch.randn(24, 40), "b": torch.randn(40)}
     fts = [{k: v + torch.randn_like(v) for k, v in pre.items()} for _ in range(3)]
+    pre["scale"] = torch.randn(())  # mergekit keeps max(1, int(density * n)): one entry of a scalar
+    fts = [{**sd, "scale": pre["scale"] + torch.randn(())} for sd in fts]
     ta = task_arithmetic(pre, fts, lam=0.4)
-    # mergekit's TIES trims per tensor and takes the mean over the agreeing models (normalize=True)
+    # mergekit's TIES trims per tensor and takes the mean over the agreeing models (normalize=True);
+    # its rounding is our default, "at_least_one"
     ties = ties_merge(pre, fts, density=0.3, lam=0.8, scope="tensor")
+    assert not torch.equal(ties["scale"], pre["scale"])
     for k in pre:
         tensors = [sd[k] for sd in fts]
         assert torch.allclose(ta[k], _mergekit("task_arithmetic", pre[k], tensors, **{"lambda": 0.4}), atol=1e-5)
@@ -238,6 +259,162 @@ def test_dare_merge_combines_with_task_arithmetic_and_ties(models):
     pre, fts = models
     assert close(dare_merge(pre, fts, p=0.0, lam=0.5), task_arithmetic(pre, fts, lam=0.5), atol=1e-6)
     assert close(dare_merge(pre, fts, p=0.0, lam=1.0, then="ties"), ties_merge(pre, fts, density=1.0), atol=1e-6)
+
+
+# ----- the TIES authors' reference code: model scope, floor(density * n) + 1 kept ---------------------
+def _reference_topk_values_mask(flat, density):
+    """The rule of ``topk_values_mask`` in github.com/prateeky2806/ties-merging, src/utils/merge_utils.py
+    (also fusion-bench's): keep |M| >= the (d - int(d * K))-th smallest magnitude of each row."""
+    d = flat.shape[1]
+    kth = flat.abs().kthvalue(d - int(d * density), dim=1, keepdim=True).values
+    return flat * (flat.abs() >= kth)
+
+
+def _reference_ties(pre, fts, density):
+    keys = [k for k, v in pre.items() if v.is_floating_point()]
+    flat = torch.stack([torch.cat([(sd[k] - pre[k]).flatten() for k in keys]) for sd in fts])  # (T, n)
+    trimmed = _reference_topk_values_mask(flat, density)
+    sign = torch.where(trimmed.sum(0) >= 0, 1.0, -1.0)
+    agree = (trimmed != 0) & (trimmed.sign() == sign)
+    merged = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+    out, start = {}, 0
+    for k in keys:
+        out[k] = pre[k] + merged[start:start + pre[k].numel()].view_as(pre[k])
+        start += pre[k].numel()
+    return out
+
+
+def test_ties_model_scope_with_floor_plus_one_is_the_reference_code(models):
+    pre, fts = models
+    ours = ties_merge(pre, fts, density=0.2, lam=1.0, scope="model", rounding="floor_plus_one")
+    reference = _reference_ties(pre, fts, 0.2)
+    assert all(torch.allclose(ours[k], v, atol=1e-6) for k, v in reference.items())
+    n = sum(v.numel() for v in pre.values() if v.is_floating_point())
+    assert kept_entries(n, 0.2, "floor_plus_one") == int(0.2 * n) + 1
+    assert kept_entries(3, 0.2) == 1 and kept_entries(3, 0.2, "floor") == 0 and kept_entries(10, 0.2) == 2
+
+
+def test_ties_scopes_agree_on_one_tensor_and_every_tensor_merges():
+    g = torch.Generator().manual_seed(0)
+    pre = {"w": torch.randn(30, 20, generator=g)}
+    fts = [{"w": pre["w"] + torch.randn(30, 20, generator=g)} for _ in range(3)]
+    for rounding in ("at_least_one", "floor", "floor_plus_one"):
+        model = ties_merge(pre, fts, density=0.1, scope="model", rounding=rounding)
+        tensor = ties_merge(pre, fts, density=0.1, scope="tensor", rounding=rounding)
+        assert torch.equal(model["w"], tensor["w"]), rounding  # one tensor: the two scopes are one ranking
+    # a scalar (a logit scale) and a 3-entry bias merge under the default rounding, in both scopes
+    pre = {"scale": torch.tensor(1.0), "bias": torch.zeros(3), "w": torch.zeros(100)}
+    fts = [{"scale": torch.tensor(2.0), "bias": torch.tensor([0.0, 0.5, 0.1]), "w": torch.full((100,), 0.01)}]
+    tensor = ties_merge(pre, fts, density=0.2, scope="tensor")
+    assert tensor["scale"] == 2.0 and tensor["bias"].tolist() == [0.0, 0.5, 0.0]
+
+
+# ----- equal to the first implementation (stacked tensors, kthvalue, torch.bernoulli) ---------------
+def _first_ties(pre, fts, density, scope, keep):
+    taus = {k: torch.stack([sd[k] for sd in fts]) - v for k, v in pre.items() if v.is_floating_point()}
+    if scope == "model":
+        flat = torch.cat([t.reshape(len(t), -1) for t in taus.values()], 1).abs()
+        n = flat.shape[1]
+        thresholds = flat.kthvalue(n - keep(n) + 1, dim=1).values
+    out = {}
+    for k, tau in taus.items():
+        if scope == "tensor":
+            flat = tau.reshape(len(tau), -1)
+            mask = torch.zeros_like(flat, dtype=torch.bool)
+            mask.scatter_(1, flat.abs().topk(keep(flat.shape[1]), dim=1).indices, True)
+            tau = tau * mask.view_as(tau)
+        else:
+            tau = tau * (tau.abs() >= thresholds.view(-1, *[1] * (tau.dim() - 1)))
+        sign = torch.where(tau.sum(0) >= 0, 1.0, -1.0)
+        agree = (tau != 0) & (tau.sign() == sign)
+        out[k] = pre[k] + (tau * agree).sum(0) / agree.sum(0).clamp(min=1)
+    return out
+
+
+def _first_dare(pre, fts, p, lam, seed):
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in pre.items():
+        if v.is_floating_point():
+            tau = torch.stack([sd[k] for sd in fts]) - v
+            tau = tau * torch.bernoulli(torch.full(tau.shape, 1 - p), generator=generator) / (1 - p)
+            out[k] = v + lam * tau.sum(0)
+    return out
+
+
+def test_fast_ties_and_dare_equal_the_first_implementation():
+    g = torch.Generator().manual_seed(0)
+    # one tensor above the size where the exact selection brackets a sample (2^18 entries)
+    shapes = {"big": (700, 500), "w": (31, 17), "b": (5,), "s": ()}
+    pre = {k: torch.randn(shape, generator=g) for k, shape in shapes.items()}
+    fts = [{k: v + torch.randn(v.shape, generator=g) for k, v in pre.items()} for _ in range(3)]
+    model_keep = lambda n: max(1, int(0.2 * n))  # noqa: E731 (the first model scope: at least one)
+    for k, v in _first_ties(pre, fts, 0.2, "model", model_keep).items():
+        assert torch.equal(ties_merge(pre, fts, density=0.2, scope="model")[k], v), k
+    tensor_keep = lambda n: int(0.2 * n)  # noqa: E731 (the first per-tensor scope: PEFT's floor)
+    ours = ties_merge(pre, fts, density=0.2, scope="tensor", rounding="floor")
+    for k, v in _first_ties(pre, fts, 0.2, "tensor", tensor_keep).items():
+        assert torch.equal(ours[k], v), k
+    ours = dare_merge(pre, fts, p=0.9, lam=0.5, seed=4)
+    for k, v in _first_dare(pre, fts, 0.9, 0.5, seed=4).items():
+        assert torch.equal(ours[k], v), k
+
+
+# ----- one entry point --------------------------------------------------------------------------------
+def test_every_method_is_reachable_through_merge_with_one_call(models):
+    pre, fts = models
+    assert set(METHODS) == {"average", "task_arithmetic", "ties", "dare", "dare_ties", "fisher", "regmean",
+                            "adamerging"}
+    assert close(merge("task_arithmetic", pre, fts, lam=0.4), task_arithmetic(pre, fts, lam=0.4))
+    assert close(merge("ties", pre, fts, density=0.3), ties_merge(pre, fts, density=0.3))
+    assert close(merge("dare", pre, fts, p=0.5, lam=0.3, seed=1), dare_merge(pre, fts, p=0.5, lam=0.3, seed=1))
+    assert close(merge("dare_ties", pre, fts, p=0.5, density=0.5, seed=1),
+                 dare_merge(pre, fts, p=0.5, lam=0.3, then="ties", density=0.5, seed=1))
+    assert close(merge("average", pre, fts, weights=[1, 2, 3]), weighted_average(fts, weights=[1, 2, 3]))
+    torch.manual_seed(0)  # models whose BatchNorm statistics stay valid: only parameters move
+    cnns = [TinyCNN(width=4) for _ in range(3)]
+    with torch.no_grad():
+        for cnn in cnns[1:]:
+            for p, p0 in zip(cnn.parameters(), cnns[0].parameters()):
+                p.copy_(p0 + 0.1 * torch.randn_like(p))
+    pre, fts = cnns[0].state_dict(), [m.state_dict() for m in cnns]
+    x = [torch.rand(64, 1, 8, 8) for _ in cnns]
+    fishers = [diagonal_fisher(m, xi) for m, xi in zip(cnns, x)]
+    assert close(merge("fisher", pre, cnns, data=x), fisher_merge(fts, fishers))
+    assert close(merge("regmean", pre, cnns, data=x, off_diagonal=0.8), regmean(cnns, x, off_diagonal=0.8))
+    ada, _ = adamerging(TinyCNN(width=4), pre, fts, x, steps=3, lr=0.05, seed=2)
+    assert close(merge("adamerging", pre, cnns, data=x, steps=3, lr=0.05, seed=2), ada)
+    # models go where state dicts go; methods that need no data ignore it, so one call fits all
+    for name, method in METHODS.items():
+        merged = merge(name, cnns[0], cnns, data=x, **({"steps": 1} if name == "adamerging" else {}))
+        assert merged.keys() == pre.keys(), name
+        assert method.paper and method.needs and set(method.needs) <= {"weights", "inputs", "models"}
+
+
+def test_functions_that_run_a_model_restore_its_mode():
+    cnn = TinyCNN(width=4).train()
+    x = torch.rand(6, 1, 8, 8)
+    sd = cnn.state_dict()
+    diagonal_fisher(cnn, x)
+    gram_matrices(cnn, x)
+    regmean([cnn, cnn], [x, x])
+    adamerging(cnn, sd, [sd, sd], [x, x], steps=1)
+    assert all(m.training for m in cnn.modules())
+    cnn.eval()
+    diagonal_fisher(cnn, x)
+    assert not any(m.training for m in cnn.modules())
+
+
+def test_merges_do_not_draw_from_the_global_stream(models):
+    pre, fts = models
+    cnn, x = TinyCNN(width=4), [torch.rand(4, 1, 8, 8)] * 3
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    dare_merge(pre, fts, p=0.5, seed=1)
+    dare({"w": torch.ones(4)}, p=0.5)
+    adamerging(cnn, pre, fts, x, steps=2)
+    assert torch.equal(torch.rand(3), expected)
 
 
 # ----- errors ---------------------------------------------------------------------------------------
@@ -264,14 +441,20 @@ def test_merging_bad_input(models):
     with pytest.raises(ValueError, match="drop rate"):
         dare({"w": torch.ones(2)}, p=1.0)
     with pytest.raises(ValueError, match="unknown merging method 'tie'; did you mean 'ties'"):
-        merge(pre, fts, method="tie")
+        merge("tie", pre, fts)
     with pytest.raises(ValueError, match="needs the pretrained"):
-        merge(None, fts, method="ties")
+        merge("ties", None, fts)
+    with pytest.raises(TypeError, match=r"ties takes the hyper-parameters \['density', 'lam'"):
+        merge("ties", pre, fts, alpha=0.5)
+    with pytest.raises(ValueError, match="regmean needs data: unlabeled inputs"):
+        merge("regmean", pre, [TinyCNN(width=4)])
+    with pytest.raises(TypeError, match="fisher needs the fine-tuned models"):
+        merge("fisher", pre, fts, data=[torch.rand(4, 1, 8, 8)] * 3)
     with pytest.raises(ValueError, match="one device"):
         weighted_average([fts[0], {k: v.to("meta") for k, v in fts[1].items()}])
     with pytest.raises(ValueError, match="one per model"):
         regmean([TinyCNN(width=4)], [])
-    with pytest.raises(ValueError, match="one per task"):
+    with pytest.raises(ValueError, match="one per model"):
         adamerging(TinyCNN(width=4), pre, fts, [torch.rand(4, 1, 8, 8)])
     with pytest.raises(ValueError, match="3 weights for 2"):
         weighted_average(fts[:2], weights=[1, 2, 3])

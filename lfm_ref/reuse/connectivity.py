@@ -18,6 +18,9 @@
 
 The alignment methods act on a chain of linear layers (an MLP), the setting of all three papers' first
 experiments; :func:`weight_matching` takes any permutation spec, so it also aligns other architectures.
+The path itself, ``(1 - alpha) theta_A + alpha theta_B``, is :func:`lfm_ref.state_dicts.interpolate`.
+
+Chapter: notebooks/12_mode_connectivity.ipynb
 """
 from __future__ import annotations
 
@@ -31,20 +34,20 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.func import functional_call
 
+from .. import checks
+from ..state_dicts import StateDict, check_state_dicts, interpolate, is_weight
 from ..train import evaluate
-from .merging import StateDict, _check_number, _is_weight, check_state_dicts
+from ..utils import eval_mode
 
 PermutationSpec = Mapping[str, tuple]  # tensor name -> the permutation acting on each axis (None: not permuted)
 
 
+__all__ = ["BezierCurve", "barrier", "interpolate", "linear_chain", "linear_path", "loss_and_accuracy",
+           "mlp_permutation_spec", "ot_fusion", "permute_state_dict", "random_permutations", "sinkhorn",
+           "weight_matching", "zipit"]
+
+
 # ----- paths and barriers --------------------------------------------------------------------------
-def interpolate(a: StateDict, b: StateDict, alpha: float) -> dict[str, torch.Tensor]:
-    """``(1 - alpha) theta_A + alpha theta_B`` (integer buffers come from ``a``); ``alpha`` outside [0, 1] extrapolates."""
-    alpha = _check_number(alpha, "alpha")
-    check_state_dicts([a, b], "[a, b]")
-    return {k: torch.lerp(v, b[k], alpha) if _is_weight(v) else v.clone() for k, v in a.items()}
-
-
 def _cross_entropy_sum(logits, labels):
     return F.cross_entropy(logits, labels, reduction="sum")
 
@@ -92,14 +95,17 @@ class BezierCurve(nn.Module):
     statistics recomputed at every ``t``; this class is meant for models without it.
     """
 
-    def __init__(self, model: nn.Module, start: StateDict, end: StateDict):
+    def __init__(self, model: nn.Module, start: StateDict, end: StateDict, seed: int = 0):
         super().__init__()
+        checks.module(model)
         check_state_dicts([start, end], "[start, end]")
         if start.keys() != model.state_dict().keys():
             raise ValueError("start and end must be state dicts of `model`'s architecture (their keys differ)")
         self.model = copy.deepcopy(model).requires_grad_(False)  # the architecture; its weights are never used
-        self.keys = [k for k, v in start.items() if _is_weight(v)]
-        self.fixed = {k: v.clone() for k, v in start.items() if not _is_weight(v)}
+        self.keys = [k for k, v in start.items() if is_weight(v)]
+        self.fixed = {k: v.clone() for k, v in start.items() if not is_weight(v)}
+        # the positions t drawn in training: a stream of their own, not the global one
+        self.generator = torch.Generator().manual_seed(checks.integer(seed, "seed"))
         self.control = nn.ParameterList([nn.Parameter((start[k] + end[k]) / 2) for k in self.keys])
         for i, k in enumerate(self.keys):
             self.register_buffer(f"start_{i}", start[k].detach().clone())
@@ -107,7 +113,7 @@ class BezierCurve(nn.Module):
 
     def point(self, t: float) -> dict[str, torch.Tensor]:
         """The state dict at position ``t`` of the curve (0: start, 1: end)."""
-        t = _check_number(t, "t")
+        t = checks.number(t, "t")
         out = dict(self.fixed)
         for i, (k, c) in enumerate(zip(self.keys, self.control)):
             a, b = getattr(self, f"start_{i}"), getattr(self, f"end_{i}")
@@ -117,14 +123,17 @@ class BezierCurve(nn.Module):
     def forward(self, x: torch.Tensor, t: float | None = None) -> torch.Tensor:
         if t is None:
             if not self.training:
-                raise ValueError("give the curve position t in eval mode (it is drawn at random only in training)")
-            t = float(torch.rand(()))  # t ~ U(0, 1), one draw per mini-batch as in the paper
+                raise ValueError("give the curve position t in eval mode (it is drawn "
+                                 "at random only in training)")
+            # t ~ U(0, 1), one draw per mini-batch as in the paper
+            t = float(torch.rand((), generator=self.generator))
         return functional_call(self.model, self.point(t), (x,))
 
 
 # ----- permutations ------------------------------------------------------------------------------
 def linear_chain(model: nn.Module) -> list[str]:
-    """Names of ``model``'s ``nn.Linear`` layers in order, checked to form a chain (each one's input is the last one's output)."""
+    """Names of ``model``'s ``nn.Linear`` layers in order, checked to form a chain (each one's input is
+    the last one's output)."""
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if len(layers) < 2:
         raise ValueError(f"a chain needs at least two nn.Linear layers, {type(model).__name__} has {len(layers)}")
@@ -155,7 +164,8 @@ def _permutation_sizes(spec: PermutationSpec, state_dict: StateDict) -> dict[str
         if key not in state_dict:
             raise ValueError(f"the permutation spec names {key!r}, which the state dict does not have")
         if len(axes) != state_dict[key].dim():
-            raise ValueError(f"the spec gives {len(axes)} axes for {key!r}, which has shape {tuple(state_dict[key].shape)}")
+            raise ValueError(f"the spec gives {len(axes)} axes for {key!r}, which has shape "
+                             f"{tuple(state_dict[key].shape)}")
         for axis, perm in enumerate(axes):
             if perm is None:
                 continue
@@ -174,16 +184,20 @@ def _permute(w: torch.Tensor, axes: tuple, perms: Mapping[str, torch.Tensor], sk
     return w
 
 
-def permute_state_dict(state_dict: StateDict, spec: PermutationSpec, perms: Mapping[str, torch.Tensor]
-                       ) -> dict[str, torch.Tensor]:
-    """``state_dict`` with every axis of the spec reordered: ``new[..., i, ...] = old[..., perms[P][i], ...]``."""
+def permute_state_dict(state_dict: StateDict, spec: PermutationSpec,
+                       perms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with every axis of the spec reordered:
+    ``new[..., i, ...] = old[..., perms[P][i], ...]``."""
     sizes = _permutation_sizes(spec, state_dict)
     for name, n in sizes.items():
         if name not in perms:
-            raise ValueError(f"no permutation given for {name!r}; expected one for each of {sorted(sizes)}")
+            raise ValueError(f"no permutation given for {name!r}; expected one "
+                             f"for each of {sorted(sizes)}")
         if sorted(perms[name].tolist()) != list(range(n)):
             raise ValueError(f"perms[{name!r}] must be a permutation of range({n})")
-    return {**state_dict, **{key: _permute(state_dict[key], axes, perms) for key, axes in spec.items()}}
+    permuted = {key: _permute(state_dict[key], axes, perms)
+                for key, axes in spec.items()}
+    return {**state_dict, **permuted}
 
 
 def random_permutations(spec: PermutationSpec, state_dict: StateDict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -192,19 +206,21 @@ def random_permutations(spec: PermutationSpec, state_dict: StateDict, seed: int 
     return {name: torch.randperm(n, generator=generator) for name, n in _permutation_sizes(spec, state_dict).items()}
 
 
-def weight_matching(spec: PermutationSpec, a: StateDict, b: StateDict, max_iter: int = 100, seed: int = 0
-                    ) -> dict[str, torch.Tensor]:
+def weight_matching(spec: PermutationSpec, a: StateDict, b: StateDict,
+                    max_iter: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
     """Git Re-Basin weight matching: the permutations ``pi`` of ``b`` that maximise
     ``sum_l <W_l^A, P_l W_l^B P_{l-1}^T>`` (Ainsworth et al., 2023, Algorithm 1).
 
-    The problem is NP-hard jointly; for one ``P_l`` with the others fixed it is a linear assignment
-    problem ``max_P <P, sum_w W^A_(l) (W^B_(l))^T>``, solved exactly. Permutations are visited in a random
-    order until none changes. Returns ``perms`` for :func:`permute_state_dict` (applied to ``b``).
+    The problem is NP-hard jointly; for one ``P_l`` with the others fixed it is a linear
+    assignment problem ``max_P <P, sum_w W^A_(l) (W^B_(l))^T>``, solved exactly.
+    Permutations are visited in a random order until none changes. Returns ``perms`` for
+    :func:`permute_state_dict` (applied to ``b``).
     """
     check_state_dicts([a, b], "[a, b]")
+    max_iter = checks.positive_int(max_iter, "max_iter")
     sizes = _permutation_sizes(spec, a)
     perms = {name: torch.arange(n) for name, n in sizes.items()}
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(checks.integer(seed, "seed"))
     names = sorted(sizes)
     for _ in range(max_iter):
         changed = False
@@ -215,14 +231,17 @@ def weight_matching(spec: PermutationSpec, a: StateDict, b: StateDict, max_iter:
                 for axis, perm in enumerate(axes):
                     if perm != name:
                         continue
-                    # B's tensor with every *other* axis already permuted, so that only this one is being solved
+                    # B's tensor with every *other* axis already permuted, so that only
+                    # this one is being solved
                     wb = _permute(b[key], axes, perms, skip_axis=axis)
                     wa = a[key].movedim(axis, 0).reshape(n, -1).double().cpu()
-                    similarity += wa @ wb.movedim(axis, 0).reshape(n, -1).double().cpu().T  # <w^A_i, w^B_j>
+                    wb = wb.movedim(axis, 0).reshape(n, -1).double().cpu()
+                    similarity += wa @ wb.T  # S_ij += <w^A_i, w^B_j>
             _, best = linear_sum_assignment(similarity.numpy(), maximize=True)
             best = torch.as_tensor(best)
             rows = torch.arange(n)
-            if similarity[rows, best].sum() > similarity[rows, perms[name]].sum() + 1e-12:
+            gain = similarity[rows, best].sum() - similarity[rows, perms[name]].sum()
+            if gain > 1e-12:
                 perms[name], changed = best, True
         if not changed:
             break
@@ -264,9 +283,9 @@ def ot_fusion(a: StateDict, b: StateDict, layers: Sequence[str], reg: float | No
     ``(1 - alpha) W^A + alpha W^B_aligned``. Both models must have the same widths.
     """
     check_state_dicts([a, b], "[a, b]")
-    alpha = _check_number(alpha, "alpha")
-    if reg is not None and _check_number(reg, "reg") <= 0:
-        raise ValueError(f"reg must be None (exact transport) or positive, got {reg}")
+    alpha = checks.number(alpha, "alpha")
+    if reg is not None and (isinstance(reg, bool) or not isinstance(reg, (int, float)) or reg <= 0):
+        raise ValueError(f"reg must be None (exact transport) or a positive number, got {reg!r}")
     out = {k: v.clone() for k, v in a.items()}
     carry = None  # n T_{l-1}: B's previous neurons expressed in A's
     chain_a, chain_b = _chain_weights(a, layers), _chain_weights(b, layers)
@@ -299,7 +318,8 @@ def _hidden_features(model: nn.Module, layers: Sequence[str], inputs: torch.Tens
     hooks = [modules[name].register_forward_pre_hook(lambda m, args, key=i: feats.__setitem__(key, args[0]))
              for i, name in enumerate(layers[1:])]
     try:
-        model.eval()(inputs)
+        with eval_mode(model):
+            model(inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -326,36 +346,41 @@ def _zip_matrices(fa: torch.Tensor, fb: torch.Tensor, same_model: bool):
     return merge, unmerge
 
 
-def zipit(model_a: nn.Module, model_b: nn.Module, layers: Sequence[str], inputs: torch.Tensor,
-          same_model: bool = True) -> dict[str, torch.Tensor]:
-    """ZipIt! for two MLPs: merge the ``2h`` hidden features of each layer into ``h`` by pairing the most
-    correlated ones on ``inputs`` (within one model too, if ``same_model``), averaging each pair.
+def zipit(model_a: nn.Module, model_b: nn.Module, layers: Sequence[str],
+          inputs: torch.Tensor, same_model: bool = True) -> dict[str, torch.Tensor]:
+    """ZipIt! for two MLPs: merge the ``2h`` hidden features of each layer into ``h`` by
+    pairing the most correlated ones on ``inputs`` (within one model too, if
+    ``same_model``), averaging each pair.
 
-    With ``[W^A; W^B]`` stacked (first layer), block-diagonal (hidden layers) or side by side (last
-    layer), the merged layer is ``M_l W U_{l-1}``: ``U_{l-1}`` gives both models their inputs back from
-    the merged features, ``M_l`` averages the matched outputs. Across models only
-    (``same_model=False``) this is activation matching followed by averaging.
+    With ``[W^A; W^B]`` stacked (first layer), block-diagonal (hidden layers) or side by
+    side (last layer), the merged layer is ``M_l W U_{l-1}``: ``U_{l-1}`` gives both
+    models their inputs back from the merged features, ``M_l`` averages the matched
+    outputs. Across models only (``same_model=False``) this is activation matching
+    followed by averaging.
     """
-    a, b = model_a.state_dict(), model_b.state_dict()
+    a = checks.module(model_a, "model_a").state_dict()
+    b = checks.module(model_b, "model_b").state_dict()
     check_state_dicts([a, b], "[model_a, model_b] state dicts")
     chain_a, chain_b = _chain_weights(a, layers), _chain_weights(b, layers)
-    feats_a, feats_b = _hidden_features(model_a, layers, inputs), _hidden_features(model_b, layers, inputs)
+    feats_a = _hidden_features(model_a, layers, inputs)
+    feats_b = _hidden_features(model_b, layers, inputs)
     out = {k: v.clone() for k, v in a.items()}
     unmerge = None
     for i, (name, (wa, ba), (wb, bb)) in enumerate(zip(layers, chain_a, chain_b)):
         last = i == len(layers) - 1
         if i == 0:
-            w = torch.cat([wa, wb], 0)                          # both models read the same input
+            w = torch.cat([wa, wb], 0)              # both models read the same input
         elif not last:
-            w = torch.block_diag(wa, wb) @ unmerge              # each model reads its own (unmerged) features
+            w = torch.block_diag(wa, wb) @ unmerge  # each its own (unmerged) features
         else:
-            w = torch.cat([wa, wb], 1) @ unmerge                # outputs: sum of both, halved below
+            w = torch.cat([wa, wb], 1) @ unmerge    # outputs: sum of both, halved below
         bias = torch.cat([ba, bb])
         if last:
             w, bias = w / 2, (ba + bb) / 2
         else:
-            merge, unmerge = _zip_matrices(feats_a[i].cpu(), feats_b[i].cpu(), same_model)
-            w, bias = merge @ w, merge @ bias
+            fa, fb = feats_a[i].cpu(), feats_b[i].cpu()
+            merge, unmerge = _zip_matrices(fa, fb, same_model)
+            w, bias = merge @ w, merge @ bias       # W_l = M_l W U_{l-1}
         out[f"{name}.weight"] = w.to(a[f"{name}.weight"])
         out[f"{name}.bias"] = bias.to(a[f"{name}.bias"])
     return out

@@ -11,6 +11,11 @@
   ``f_lin(x; Delta) = f(x; theta_0) + J_theta f(x; theta_0) Delta``; since ``f_lin`` is linear in ``Delta``,
   the ensemble of components is *one* tangent model: ``sum_i w_i f_lin(x; Delta_i) = f_lin(x; sum_i w_i Delta_i)``
   for ``sum_i w_i = 1``, at the inference cost of one model.
+
+Training the combiner and the BatchEnsemble members goes through :func:`lfm_ref.fit` with
+:func:`stacking_objective` and :func:`batch_ensemble_objective`.
+
+Chapter: notebooks/10_ensembles.ipynb
 """
 from __future__ import annotations
 
@@ -23,15 +28,18 @@ from torch import nn
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .. import checks
 from ..hooks import get_module, set_module
 from ..train import predict
-from .merging import _check_number
 
 
 def _check_logits(logits: torch.Tensor) -> torch.Tensor:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError("expected the members' logits stacked as a (members, examples, classes) "
+                        f"tensor, got {type(logits).__name__}")
+    if logits.dim() != 3:
         raise ValueError("expected the members' logits stacked as (members, examples, classes), got "
-                         + (f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__))
+                         f"shape {tuple(logits.shape)}")
     if len(logits) == 0:
         raise ValueError("the ensemble has no members")
     return logits
@@ -45,20 +53,25 @@ def member_logits(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
 
 
 def average_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """``p(y|x) = (1/M) sum_i softmax(f_i(x))``: the ensemble's predictive distribution, ``(examples, classes)``."""
+    """``p(y|x) = (1/M) sum_i softmax(f_i(x))``: the ensemble's predictive distribution,
+    ``(examples, classes)``."""
     return _check_logits(logits).softmax(-1).mean(0)
 
 
 def majority_vote(logits: torch.Tensor) -> torch.Tensor:
-    """The class most members predict, ``(examples,)``; ties go to the class with the larger mean probability."""
+    """The class most members predict, ``(examples,)``; ties go to the class with the
+    larger mean probability."""
     logits = _check_logits(logits)
-    votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(0).float()  # (examples, classes)
-    # mean probabilities lie in [0, 1): adding half of them breaks ties without overturning a vote count
+    # (examples, classes): how many members vote for each class
+    votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(0).float()
+    # mean probabilities lie in [0, 1): adding half of them breaks ties without
+    # overturning a vote count
     return (votes + 0.5 * logits.softmax(-1).mean(0)).argmax(-1)
 
 
 class StackingCombiner(nn.Module):
-    """Stacking with one learned weight per member: ``g(x) = sum_i w_i log softmax f_i(x) + b``, fitted on held-out data.
+    """Stacking with one learned weight per member: ``g(x) = sum_i w_i log softmax f_i(x) + b``, fitted on
+    held-out data.
 
     Breiman (1996, "Stacked regressions", Machine Learning 24) found that a combiner with few parameters
     (one weight per member) generalises where a richer one overfits the held-out set. ``w`` starts at
@@ -67,26 +80,35 @@ class StackingCombiner(nn.Module):
 
     def __init__(self, n_members: int, n_classes: int):
         super().__init__()
-        if n_members < 1 or n_classes < 2:
-            raise ValueError(f"need at least one member and two classes, got {n_members} and {n_classes}")
+        n_members = checks.positive_int(n_members, "n_members")
+        n_classes = checks.integer(n_classes, "n_classes", minimum=2)
         self.n_members, self.n_classes = n_members, n_classes
         self.weight = nn.Parameter(torch.full((n_members,), 1.0 / n_members))
         self.bias = nn.Parameter(torch.zeros(n_classes))
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits``: the members' outputs ``(members, examples, classes)``; returns ``(examples, classes)``."""
+        """``logits``: the members' outputs ``(members, examples, classes)``; returns
+        ``(examples, classes)``."""
         logits = _check_logits(logits)
         if logits.shape[0] != self.n_members or logits.shape[2] != self.n_classes:
-            raise ValueError(f"the combiner expects ({self.n_members} members, examples, {self.n_classes} classes), "
-                             f"got {tuple(logits.shape)}")
-        return torch.einsum("m,mbc->bc", self.weight, logits.log_softmax(-1)) + self.bias
+            raise ValueError(f"the combiner expects ({self.n_members} members, "
+                             f"examples, {self.n_classes} classes), got "
+                             f"{tuple(logits.shape)}")
+        # g(x) = sum_i w_i log softmax f_i(x) + b
+        combined = torch.einsum("m,mbc->bc", self.weight, logits.log_softmax(-1))
+        return combined + self.bias
 
 
-def stacking_loss(combiner: StackingCombiner, batch) -> torch.Tensor:
-    """Cross-entropy of the combiner on ``(logits, y)`` batches with ``logits`` of shape ``(examples, members, classes)``
-    (the examples first, so that ``fit`` can batch them)."""
-    logits, y = batch
-    return F.cross_entropy(combiner(logits.transpose(0, 1)), y)
+def stacking_objective():
+    """``loss_fn(combiner, batch)`` for :func:`lfm_ref.fit`: the combiner's cross-entropy on
+    ``(logits, y)`` batches with ``logits`` of shape ``(examples, members, classes)`` (the examples
+    first, so that ``fit`` can batch them)."""
+
+    def loss_fn(combiner: StackingCombiner, batch) -> torch.Tensor:
+        logits, y = batch
+        return F.cross_entropy(combiner(logits.transpose(0, 1)), y)
+
+    return loss_fn
 
 
 # ----- BatchEnsemble ----------------------------------------------------------------------------------
@@ -97,29 +119,32 @@ class BatchEnsembleLinear(nn.Module):
     shared; ``r_i``, ``s_i`` (the rank-1 fast weight ``s_i r_i^T``) and ``b_i`` belong to member ``i``.
     """
 
-    def __init__(self, linear: nn.Linear, n_members: int, init_std: float = 0.5, generator: torch.Generator | None = None):
+    def __init__(self, linear: nn.Linear, n_members: int, init_std: float = 0.5,
+                 generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"BatchEnsembleLinear wraps an nn.Linear, got {type(linear).__name__}")
-        if not isinstance(n_members, int) or n_members < 1:
-            raise ValueError(f"n_members must be a positive int, got {n_members!r}")
-        self.n_members = n_members
+        self.n_members = checks.positive_int(n_members, "n_members")
+        init_std = checks.number(init_std, "init_std", low=0.0)
         self.weight = nn.Parameter(linear.weight.detach().clone())
         out_f, in_f = linear.weight.shape
         bias = linear.bias.detach() if linear.bias is not None else torch.zeros(out_f)
         self.bias = nn.Parameter(bias.clone().repeat(n_members, 1))
-        # fast weights near 1 (the paper draws them around 1 or as random signs); members start different
+        # fast weights near 1 (the paper draws them around 1 or as random signs); members start
+        # different. Drawn from ``generator`` (seed 0 by default), never from the global stream
+        generator = torch.Generator().manual_seed(0) if generator is None else generator
         self.r = nn.Parameter(1 + init_std * torch.randn(n_members, in_f, generator=generator))
         self.s = nn.Parameter(1 + init_std * torch.randn(n_members, out_f, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] % self.n_members:
-            raise ValueError(f"BatchEnsembleLinear expects members * batch rows ({self.n_members} members), "
-                             f"got {x.shape[0]}")
-        xm = x.view(self.n_members, -1, *x.shape[1:])                     # (M, B, ..., in)
-        shape = (self.n_members,) + (1,) * (xm.dim() - 2) + (-1,)           # broadcast over B and the middle dims
-        y = F.linear(xm * self.r.view(shape), self.weight)                  # (x * r_i) W^T
-        return (y * self.s.view(shape) + self.bias.view(shape)).view(*x.shape[:-1], -1)  # * s_i + b_i
+            raise ValueError(f"BatchEnsembleLinear expects members * batch rows "
+                             f"({self.n_members} members), got {x.shape[0]}")
+        xm = x.view(self.n_members, -1, *x.shape[1:])            # (M, B, ..., in)
+        shape = (self.n_members,) + (1,) * (xm.dim() - 2) + (-1,)  # over B, ...
+        y = F.linear(xm * self.r.view(shape), self.weight)         # (x * r_i) W^T
+        y = y * self.s.view(shape) + self.bias.view(shape)         # ... * s_i + b_i
+        return y.view(*x.shape[:-1], -1)                           # (M * B, ..., out)
 
 
 class BatchEnsemble(nn.Module):
@@ -134,11 +159,13 @@ class BatchEnsemble(nn.Module):
         super().__init__()
         if isinstance(layers, str) or len(layers) == 0:
             raise ValueError(f"layers must be a non-empty list of nn.Linear names, got {layers!r}")
+        n_members = checks.positive_int(n_members, "n_members")
         self.model, self.n_members = copy.deepcopy(model), n_members
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(checks.integer(seed, "seed"))
         for name in layers:
             linear = get_module(self.model, name)
-            set_module(self.model, name, BatchEnsembleLinear(linear, n_members, init_std, generator).to(linear.weight.device))
+            layer = BatchEnsembleLinear(linear, n_members, init_std, generator)
+            set_module(self.model, name, layer.to(linear.weight.device))
 
     def members(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.n_members:
@@ -151,12 +178,17 @@ class BatchEnsemble(nn.Module):
         return average_probabilities(logits).log()
 
 
-def batch_ensemble_loss(model: BatchEnsemble, batch) -> torch.Tensor:
-    """Cross-entropy of every member on its own examples; ``batch = (x, y)`` with ``x`` of shape
+def batch_ensemble_objective():
+    """``loss_fn(model, batch)`` for :func:`lfm_ref.fit`: the cross-entropy of every member of a
+    :class:`BatchEnsemble` on its own examples; ``batch = (x, y)`` with ``x`` of shape
     ``(batch, members, ...)`` and ``y`` of shape ``(batch, members)`` (see :func:`member_batches`)."""
-    x, y = batch
-    logits = model.members(x.transpose(0, 1))  # (members, batch, classes)
-    return F.cross_entropy(logits.flatten(0, 1), y.transpose(0, 1).flatten())
+
+    def loss_fn(model: BatchEnsemble, batch) -> torch.Tensor:
+        x, y = batch
+        logits = model.members(x.transpose(0, 1))  # (members, batch, classes)
+        return F.cross_entropy(logits.flatten(0, 1), y.transpose(0, 1).flatten())
+
+    return loss_fn
 
 
 def member_batches(shards: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,31 +214,45 @@ class LinearizedModel(nn.Module):
         named = dict(self.model.named_parameters())
         self.names = [n for n in named if trainable is None or n.startswith(tuple(trainable))]
         if not self.names:
-            raise ValueError(f"no parameter name starts with any of {list(trainable)}; names look like {list(named)[:4]}")
+            raise ValueError(f"no parameter name starts with any of {list(trainable)}; names look like "
+                             f"{list(named)[:4]}")
         self.delta = nn.ParameterList([nn.Parameter(torch.zeros_like(named[n])) for n in self.names])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         named = dict(self.model.named_parameters())
         theta0 = {n: named[n] for n in self.names}
         tangent = dict(zip(self.names, self.delta))
-        # forward-mode AD needs attention in plain ops: the fused CPU kernel has no forward derivative
+
+        def f(params):
+            return functional_call(self.model, params, (x,))
+
+        # forward-mode AD needs attention in plain ops: the fused CPU kernel has no
+        # forward derivative
         with sdpa_kernel(SDPBackend.MATH):
-            out, directional = jvp(lambda p: functional_call(self.model, p, (x,)), (theta0,), (tangent,))
+            out, directional = jvp(f, (theta0,), (tangent,))
         return out + directional  # f(x; theta_0) + J Delta
 
 
-def tangent_compose(components: Sequence[LinearizedModel], weights: Sequence[float] | None = None) -> LinearizedModel:
-    """One tangent model with ``Delta = sum_i w_i Delta_i`` (uniform ``w_i = 1/M`` by default): the ensemble of
-    the components, computed as one model."""
+def tangent_compose(components: Sequence[LinearizedModel],
+                    weights: Sequence[float] | None = None) -> LinearizedModel:
+    """One tangent model with ``Delta = sum_i w_i Delta_i`` (uniform ``w_i = 1/M`` by
+    default): the ensemble of the components, computed as one model."""
     if isinstance(components, nn.Module) or len(components) == 0:
-        raise ValueError("tangent_compose takes a non-empty list of LinearizedModel components")
+        raise ValueError("tangent_compose takes a non-empty list of LinearizedModel "
+                         "components")
     if not all(isinstance(c, LinearizedModel) for c in components):
-        raise TypeError("every component must be a LinearizedModel (fine-tuned in the tangent space)")
+        raise TypeError("every component must be a LinearizedModel (fine-tuned in the "
+                        "tangent space)")
     first = components[0]
     for i, c in enumerate(components[1:], start=1):
-        if c.names != first.names or any(not torch.equal(a, b) for a, b in zip(c.model.parameters(), first.model.parameters())):
-            raise ValueError(f"component {i} is linearised around a different model or set of parameters than component 0")
-    weights = [1 / len(components)] * len(components) if weights is None else [_check_number(w, "each weight") for w in weights]
+        same = zip(c.model.parameters(), first.model.parameters())
+        if c.names != first.names or any(not torch.equal(a, b) for a, b in same):
+            raise ValueError(f"component {i} is linearised around a different model or "
+                             f"set of parameters than component 0")
+    if weights is None:
+        weights = [1 / len(components)] * len(components)
+    else:
+        weights = [checks.number(w, "each weight") for w in weights]
     if len(weights) != len(components):
         raise ValueError(f"got {len(weights)} weights for {len(components)} components")
     composed = copy.deepcopy(first)

@@ -9,6 +9,8 @@ MLP blocks as *experts* and lets a small router choose, for every input, how muc
 where ``h`` is the MLP block's input (the hidden states). All other parameters (attention, norms,
 embeddings, head) are merged statically by task arithmetic. The routers are trained like AdaMerging,
 by minimising the prediction entropy on unlabeled test inputs; the experts never change.
+
+Chapter: notebooks/13_merging_with_experts.ipynb
 """
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .. import checks
 from ..hooks import get_module, set_module
+from ..state_dicts import StateDict, check_state_dicts
 from ..train import fit
-from .merging import StateDict, _check_number, check_state_dicts, prediction_entropy, task_arithmetic
+from ..utils import device_of
+from .merging import task_arithmetic
+from .merging_with_data import prediction_entropy
 
 
 class WeightEnsemblingMLP(nn.Module):
@@ -36,10 +42,12 @@ class WeightEnsemblingMLP(nn.Module):
     def __init__(self, pretrained: nn.Module, finetuned: Sequence[nn.Module], dim: int, init_lambda: float = 0.3):
         super().__init__()
         if not isinstance(pretrained, nn.Module) or not all(isinstance(m, nn.Module) for m in finetuned):
-            raise TypeError("WeightEnsemblingMLP takes the pretrained block and a list of fine-tuned blocks (nn.Module)")
+            raise TypeError("WeightEnsemblingMLP takes the pretrained block and a list of fine-tuned blocks "
+                            "(nn.Module)")
         base = pretrained.state_dict()
         check_state_dicts([base, *check_state_dicts([m.state_dict() for m in finetuned], "finetuned blocks")])
-        init_lambda = _check_number(init_lambda, "init_lambda")
+        init_lambda = checks.number(init_lambda, "init_lambda")
+        dim = checks.positive_int(dim, "dim")
         self.block = copy.deepcopy(pretrained).requires_grad_(False)  # the architecture and theta_0
         self.names = [n for n, _ in self.block.named_parameters()]
         for i, name in enumerate(self.names):  # (T, ...) stack of the experts' task vectors for this tensor
@@ -61,29 +69,38 @@ class WeightEnsemblingMLP(nn.Module):
         return r.mean(1) if r.dim() == 3 else r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.router[0].in_features:
-            raise ValueError(f"WeightEnsemblingMLP expects inputs with {self.router[0].in_features} features in "
-                             f"the last dimension, got shape {tuple(x.shape)}")
+        features = self.router[0].in_features
+        if x.shape[-1] != features:
+            raise ValueError(f"WeightEnsemblingMLP expects inputs with {features} "
+                             f"features in the last dimension, got shape "
+                             f"{tuple(x.shape)}")
         r = self.routing(x)  # (B, T)
         theta = dict(self.block.named_parameters())
-        # per-example weights theta_0 + sum_t r_bt tau_t, shape (B, ...) for every tensor of the block
-        params = {name: theta[name] + torch.einsum("bt,t...->b...", r, getattr(self, f"tau_{i}"))
+        # per-example weights theta_0 + sum_t r_bt tau_t, (B, ...) for every tensor
+        params = {name: theta[name] + torch.einsum("bt,t...->b...", r,
+                                                   getattr(self, f"tau_{i}"))
                   for i, name in enumerate(self.names)}
 
-        def one_example(p, xb):  # vmap runs this for every example at once: no Python loop over the batch
+        # vmap runs this for every example at once: no Python loop over the batch
+        def one_example(p, xb):
             return functional_call(self.block, p, (xb.unsqueeze(0),)).squeeze(0)
 
         return vmap(one_example)(params, x)
 
 
-def weight_ensembling_moe(model: nn.Module, pretrained: StateDict, finetuned: Sequence[StateDict],
-                          experts: Sequence[str], dim: int, lam: float = 0.3, init_lambda: float = 0.3) -> nn.Module:
-    """A copy of ``model`` merged by task arithmetic (``lam``) with every module named in ``experts``
-    (the MLP blocks, e.g. ``["blocks.0.mlp", "blocks.1.mlp"]``) replaced by a :class:`WeightEnsemblingMLP`
-    over the pretrained and fine-tuned versions of that module. Only the routers are trainable."""
+def weight_ensembling_moe(model: nn.Module, pretrained: StateDict,
+                          finetuned: Sequence[StateDict], experts: Sequence[str],
+                          dim: int, lam: float = 0.3, init_lambda: float = 0.3
+                          ) -> nn.Module:
+    """A copy of ``model`` merged by task arithmetic (``lam``) with every module named
+    in ``experts`` (the MLP blocks, e.g. ``["blocks.0.mlp", "blocks.1.mlp"]``) replaced
+    by a :class:`WeightEnsemblingMLP` over the pretrained and fine-tuned versions of
+    that module. Only the routers are trainable."""
+    checks.module(model)
     check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
     if isinstance(experts, str) or len(experts) == 0:
-        raise ValueError(f"experts must be a non-empty list of module names (the MLP blocks), got {experts!r}")
+        raise ValueError(f"experts must be a non-empty list of module names (the MLP "
+                         f"blocks), got {experts!r}")
     moe = copy.deepcopy(model)
     moe.load_state_dict(task_arithmetic(pretrained, finetuned, lam=lam))
     moe.requires_grad_(False)
@@ -94,10 +111,11 @@ def weight_ensembling_moe(model: nn.Module, pretrained: StateDict, finetuned: Se
         return get_module(m, name)
 
     for name in experts:
-        get_module(moe, name)  # a clear error, with close names, before any expert is built
-        layer = WeightEnsemblingMLP(block_from(pretrained, name), [block_from(sd, name) for sd in finetuned], dim,
+        get_module(moe, name)  # a clear error, with close names, before any expert
+        blocks = [block_from(sd, name) for sd in finetuned]
+        layer = WeightEnsemblingMLP(block_from(pretrained, name), blocks, dim,
                                     init_lambda)
-        set_module(moe, name, layer.to(next(moe.parameters()).device))
+        set_module(moe, name, layer.to(device_of(moe)))
     return moe.eval()
 
 
