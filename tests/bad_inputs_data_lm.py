@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lfm_ref import evaluate, fit, hooks, lm, plotting, zoo
-from lfm_ref.data import FactWorld, digits_task
+from lfm_ref.data import FactWorld, capital_pairs, digits_task
 from lfm_ref.retrieval import (
     DenseRetriever,
     build_datastore,
@@ -120,4 +120,8 @@ CASES = [
      ValueError, r"Sequential has no module '1'; close names"),
     ("data_lm-plot-history-window-str", lambda: plotting.plot_history([1.0, 0.5], window="5"),
      TypeError, r"window must be an int, got str \('5'\)"),
+    ("data_lm-capital-pairs-unknown-country", lambda: capital_pairs(["Atlantis"]),
+     ValueError, r"countries must be among \['France'.*got \['Atlantis'\]"),
+    ("data_lm-capital-pairs-template-without-slot", lambda: capital_pairs(2, "The capital is"),
+     ValueError, r"template must be a string with a \{c\} slot"),
 ]

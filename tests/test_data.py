@@ -112,3 +112,12 @@ def test_digits_bad_input():
         digits_task("rot180")
     with pytest.raises(ValueError, match="unknown split"):
         digits_task("digits", "valid")
+
+
+def test_capital_pairs_are_the_real_world_fill_in_prompts():
+    from lfm_ref.data import CAPITALS, capital_pairs
+
+    assert capital_pairs(2) == [("Fill in : The capital of France is ___ . Answer :", "Paris"),
+                                ("Fill in : The capital of Germany is ___ . Answer :", "Berlin")]
+    assert [a for _, a in capital_pairs()] == list(CAPITALS.values())
+    assert capital_pairs(["Japan"], "Question : capital of {c} ?") == [("Question : capital of Japan ?", "Tokyo")]

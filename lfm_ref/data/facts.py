@@ -13,6 +13,7 @@ chapter 5, its reading pairs chapter 6b's reader, its edit requests Part V.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -279,3 +280,26 @@ class FactWorld:
         return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                        eos_token="<eos>", bos_token="<eos>", clean_up_tokenization_spaces=False,
                                        model_input_names=["input_ids", "attention_mask"])
+
+
+# ----- real-world facts, for the "On a real model" sections -----------------------------------
+# What GPT-2 has read about (the fact world's names it has never seen): the capitals behind the
+# fill-in prompts of chapters 2a, 2b, 3 and 5 when they run on a real checkpoint.
+CAPITALS = {"France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
+            "England": "London", "Japan": "Tokyo"}
+FILL_IN_CAPITAL = "Fill in : The capital of {c} is ___ . Answer :"
+
+
+def capital_pairs(countries: int | Sequence[str] | None = None,
+                  template: str = FILL_IN_CAPITAL) -> list[tuple[str, str]]:
+    """``(prompt, capital)`` pairs for the first ``countries`` of :data:`CAPITALS` (or the named
+    ones, or all), with ``{c}`` in ``template`` replaced by the country."""
+    if countries is None or isinstance(countries, int):
+        n = len(CAPITALS) if countries is None else checks.integer(countries, "countries", 1)
+        countries = list(CAPITALS)[:n]
+    unknown = [c for c in checks.texts(countries, "countries") if c not in CAPITALS]
+    if unknown:
+        raise ValueError(f"countries must be among {list(CAPITALS)}, got {unknown}")
+    if not isinstance(template, str) or "{c}" not in template:
+        raise ValueError(f"template must be a string with a {{c}} slot, got {template!r}")
+    return [(template.format(c=c), CAPITALS[c]) for c in countries]
