@@ -63,6 +63,31 @@ def eval_mode(*models: torch.nn.Module) -> Iterator[None]:
                 m.training = training
 
 
+@contextlib.contextmanager
+def random_state_kept(seed: int | None = None) -> Iterator[None]:
+    """Draws from the global random streams inside the block do not leak out: Python's, NumPy's and
+    torch's (CPU, and CUDA where in use) states are restored after it. With ``seed``, torch's global
+    streams start from ``seed`` inside the block, as after ``torch.manual_seed(seed)``.
+
+    For library code that must draw from the global stream because what it calls takes no generator
+    (Hugging Face's weight initialisation, ``generate``'s sampling, the zoo's recipes).
+    """
+    from .checks import integer
+
+    seed = None if seed is None else integer(seed, "seed", minimum=0)
+    python, numpy = random.getstate(), np.random.get_state()
+    # every CUDA device is forked (initialising CUDA where there is one): a seed given to a device
+    # not yet initialised would be queued and applied after the block, outside it
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices) and return a ``torch.Generator`` seeded alike.
 

@@ -23,7 +23,7 @@ Chapter: notebooks/09_distilling_language_models.ipynb
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -31,26 +31,8 @@ from torch import nn
 from .. import checks
 from ..lm import encode, name_causal_lm_loss
 from ..train import DictDataset
-from ..utils import device_of, eval_mode
+from ..utils import device_of, eval_mode, random_state_kept
 from .kd import kd_loss
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Inside the block torch's global streams (CPU, and CUDA where in use) start from ``seed``; the
-    caller's streams are restored after it.
-
-    For code that draws from the global stream and takes no generator: Hugging Face's weight
-    initialisation and ``generate``'s sampling. ``torch.random.fork_rng`` saves and restores the
-    states, so the draws are exactly those after ``torch.manual_seed(seed)``.
-    """
-    seed = checks.integer(seed, "seed", minimum=0)
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
-        yield
 
 
 def _context_length(config) -> int:
@@ -172,7 +154,7 @@ def teacher_corpus(teacher: nn.Module, tokenizer, n: int | None = None,
         sampling = {"do_sample": False}
     total = n if prompts is None else len(prompts)
     texts: list[str] = []
-    seeded = contextlib.nullcontext() if seed is None else _seeded(seed)
+    seeded = contextlib.nullcontext() if seed is None else random_state_kept(seed)
     with seeded, eval_mode(teacher):
         for start in range(0, total, batch_size):
             if prompts is None:  # every text starts from <bos>: (b, 1)
@@ -222,7 +204,7 @@ def smaller_gpt2(teacher: nn.Module, n_layer: int, n_embd: int | None = None, n_
     if copy_layers and n_embd != teacher.config.n_embd:
         raise ValueError(f"copy_layers needs the teacher's width {teacher.config.n_embd}, got n_embd={n_embd}")
     config = GPT2Config(**{**teacher.config.to_dict(), "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head})
-    with contextlib.nullcontext() if seed is None else _seeded(seed):
+    with contextlib.nullcontext() if seed is None else random_state_kept(seed):
         student = name_causal_lm_loss(GPT2LMHeadModel(config))
     if copy_layers:
         step = depth // n_layer  # student layer i <- teacher layer i * k

@@ -123,9 +123,6 @@ def adapter_soup(adapters: Sequence[StateDict], scores: Sequence[float] | torch.
     if scores.shape != (len(adapters),):
         raise ValueError(f"need one score per adapter ({len(adapters)}), got shape "
                          f"{tuple(scores.shape)}")
-    k = checks.integer(k, "k", minimum=1)
-    if k > len(adapters):
-        raise ValueError(f"k must be an int between 1 and the number of adapters "
-                         f"({len(adapters)}), got {k!r}")
+    k = checks.int_between(k, "k", 1, len(adapters), "the number of adapters")
     chosen = scores.argsort(descending=True)[:k].tolist()
     return weighted_average([adapters[i] for i in chosen]), chosen

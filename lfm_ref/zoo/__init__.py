@@ -22,17 +22,15 @@ import contextlib
 import difflib
 import json
 import os
-import random
 import socket
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
 import torch
 
 from ..lm import name_causal_lm_loss
-from ..utils import count_parameters, seed_everything
+from ..utils import count_parameters, random_state_kept, seed_everything
 from ..utils import device as default_device
 from .models import HFImageClassifier, TinyCNN, TinyMLP, TinyViT
 
@@ -183,7 +181,7 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
     _check_zoo_name(name)
     out = Path(out_dir or default_build_dir()) / name
     start = time.time()
-    with _global_rng_kept():  # the recipe seeds the global streams; the caller's come back after it
+    with random_state_kept():  # the recipe seeds the global streams; the caller's come back after it
         built, history, metrics = ZOO[name]["build"]()
     out.mkdir(parents=True, exist_ok=True)
     if ZOO[name]["kind"] == "causal-lm":
@@ -204,18 +202,6 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
             "history": [round(x, 5) for x in history]}
     (out / META).write_text(json.dumps(meta, indent=1, default=str))
     return out
-
-
-@contextlib.contextmanager
-def _global_rng_kept():
-    """Give Python's, NumPy's and torch's (CPU and CUDA) global random streams back as they were."""
-    python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        try:
-            yield
-        finally:
-            random.setstate(python)
-            np.random.set_state(numpy)
 
 
 def _portable_tokenizer_config(folder: Path) -> None:
