@@ -6,7 +6,16 @@ import torch
 from torch import nn
 
 from lfm_ref import evaluate, fit, hooks, lm, plotting, zoo
-from lfm_ref.data import FactWorld, capital_pairs, digits_task
+from lfm_ref.data import (
+    FactWorld,
+    capital_pairs,
+    digits_task,
+    merge_task,
+    rotate,
+    rotation_task,
+    similar_class_pairs,
+    subpopulation_task,
+)
 from lfm_ref.retrieval import (
     DenseRetriever,
     build_datastore,
@@ -85,8 +94,22 @@ CASES = [
     ("data_lm-zoo-load-unknown-name", lambda: zoo.load("tiny-gtp"),
      ValueError, r"unknown zoo model 'tiny-gtp'. Did you mean 'tiny-gpt'\?"),
     ("data_lm-zoo-load-given-int", lambda: zoo.load(3), TypeError, "model name must be a string or a path, got int"),
-    ("data_lm-digits-task-unknown", lambda: digits_task("rot180"),
-     ValueError, r"unknown digits task 'rot180'; known tasks: \["),
+    ("data_lm-digits-task-unknown", lambda: digits_task("rot45"),
+     ValueError, r"unknown digits task 'rot45'; known tasks: \["),
+    ("data_lm-merge-task-unknown", lambda: merge_task("digits"),
+     ValueError, r"name must be a merge task, one of \['flip', 'invert', 'rot90', 'shift'\], got 'digits'"),
+    ("data_lm-rotate-not-images", lambda: rotate(torch.zeros(8, 8), 30),
+     ValueError, r"x must have 4 dimensions, got shape \(8, 8\)"),
+    ("data_lm-rotate-angle-str", lambda: rotate(torch.zeros(1, 1, 8, 8), "30"),
+     TypeError, r"angle must be a number \(int or float\), got str"),
+    ("data_lm-rotation-task-empty", lambda: rotation_task([]),
+     ValueError, r"angles must be an angle or a non-empty sequence of angles"),
+    ("data_lm-pairs-odd-classes", lambda: similar_class_pairs(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])),
+     ValueError, r"labels must hold an even number of classes to pair, got 3"),
+    ("data_lm-subpopulation-part", lambda: subpopulation_task(((0, 1),), part="test"),
+     ValueError, r"part must be one of"),
+    ("data_lm-subpopulation-pairs", lambda: subpopulation_task((0, 1)),
+     TypeError, r"pairs must be a sequence of \(digit, digit\) pairs, got \(0, 1\)"),
     ("data_lm-digits-task-seed-str", lambda: digits_task("noise", seed="0"),
      TypeError, r"seed must be an int, got str \('0'\)"),
     ("data_lm-fact-world-seed-str", lambda: FactWorld(seed="0"), TypeError, r"seed must be an int, got str \('0'\)"),

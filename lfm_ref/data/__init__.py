@@ -2,8 +2,23 @@
 
 Chapter: notebooks/00_foundation_models.ipynb.
 """
-from .digits import DIGITS_TASKS, digits_images, digits_task
+from .digits import (
+                     BROAD_PRETRAINING,
+                     COVERED_CLASSES,
+                     DIGITS_TASKS,
+                     MERGE_TASKS,
+                     broad_pretraining_set,
+                     digits_images,
+                     digits_task,
+                     merge_task,
+                     rotate,
+                     rotation_task,
+                     similar_class_pairs,
+                     subpopulation_task,
+)
 from .facts import CAPITALS, FILL_IN_CAPITAL, RELATIONS, TEMPLATES, Fact, FactWorld, capital_pairs
 
 __all__ = ["CAPITALS", "FILL_IN_CAPITAL", "capital_pairs", "RELATIONS", "TEMPLATES", "Fact", "FactWorld",
-           "DIGITS_TASKS", "digits_task", "digits_images"]
+           "DIGITS_TASKS", "digits_task", "digits_images", "BROAD_PRETRAINING", "COVERED_CLASSES", "MERGE_TASKS",
+           "broad_pretraining_set", "merge_task", "rotate", "rotation_task", "similar_class_pairs",
+           "subpopulation_task"]
