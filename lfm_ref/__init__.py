@@ -2,7 +2,7 @@
 
 The shared core a chapter or a method imports:
 
-- ``device``/``seed_everything``/``device_of``/``eval_mode`` (:mod:`lfm_ref.utils`);
+- ``device``/``pin_threads``/``seed_everything``/``device_of``/``eval_mode`` (:mod:`lfm_ref.utils`);
 - the one training loop ``fit`` and ``evaluate``/``predict`` (:mod:`lfm_ref.train`);
 - input checks with one message style (:mod:`lfm_ref.checks`), state-dict helpers
   (:mod:`lfm_ref.state_dicts`), models behind an API (:mod:`lfm_ref.blackbox`), forward hooks
@@ -14,7 +14,7 @@ Methods live in sub-packages named after the survey's taxonomy (``tuning``, ``re
 ``reuse``); a method imports the core, never another family's private helpers.
 """
 from .train import evaluate, fit, predict
-from .utils import count_parameters, device, seed_everything
+from .utils import count_parameters, device, pin_threads, seed_everything
 
 __version__ = "0.1.0"
-__all__ = ["count_parameters", "device", "evaluate", "fit", "predict", "seed_everything", "__version__"]
+__all__ = ["count_parameters", "device", "evaluate", "fit", "pin_threads", "predict", "seed_everything", "__version__"]

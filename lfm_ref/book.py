@@ -27,7 +27,7 @@ from torch import nn
 from . import checks
 from .train import evaluate
 
-__all__ = ["Source", "evaluate_state_dict", "pin_threads", "seconds_per_call", "seed_bars", "seed_table", "show",
+__all__ = ["Source", "evaluate_state_dict", "seconds_per_call", "seed_bars", "seed_table", "show",
            "split_in_halves", "val_report_split"]
 
 
@@ -61,18 +61,6 @@ class Source:
         code = highlight(self.text, PythonLexer(), HtmlFormatter(noclasses=True, nobackground=True))
         caption = f'<p style="font-size:85%;color:#555;margin:0">{html.escape(self.where)}</p>'
         return caption + code
-
-
-def pin_threads(n: int = 1) -> int:
-    """Run this chapter's PyTorch on ``n`` CPU threads and return ``n``.
-
-    Float sums are added up in an order that depends on the thread count, and a small model trained for
-    a few hundred steps can end in a visibly different place. Every chapter pins one thread (how CI runs
-    the notebooks), so the numbers printed in CI, in the built book and quoted in the prose are the same.
-    """
-    n = checks.positive_int(n, "n")
-    torch.set_num_threads(n)
-    return n
 
 
 def show(obj) -> Source:

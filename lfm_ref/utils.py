@@ -15,6 +15,19 @@ import numpy as np
 import torch
 
 
+def pin_threads(n: int = 1) -> int:
+    """Run PyTorch on ``n`` CPU threads (chapters call it in their first cell) and return ``n``.
+
+    Float sums are added up in an order that depends on the thread count, and a small model trained for
+    a few hundred steps can end in a visibly different place. Every chapter pins one thread (how CI runs
+    the notebooks), so the numbers printed in CI, in the built book and quoted in the prose are the same.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (a number of threads), got {n!r}")
+    torch.set_num_threads(n)
+    return n
+
+
 def device(prefer: str | None = None) -> torch.device:
     """The device a chapter should run on: ``prefer`` if given, else CUDA, then Apple's MPS, then the CPU.
 

@@ -176,3 +176,15 @@ def _decorated(x):
 def test_show_finds_a_decorated_function_where_it_is_written():
     shown = book.show(_decorated)
     assert "tests/test_core.py" in shown.where and "return x + 1" in shown.text
+
+
+def test_pin_threads_sets_torch_threads_and_returns_them():
+    import lfm_ref
+
+    before = torch.get_num_threads()
+    try:
+        assert lfm_ref.pin_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match=r"n must be a positive int \(a number of threads\), got 0"):
+        lfm_ref.pin_threads(0)
