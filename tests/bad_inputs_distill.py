@@ -140,4 +140,40 @@ CASES = [
      r"n must be an int, got str \('40'\)"),
     ("distill-smaller-gpt2-n-layer-str", lambda: smaller_gpt2(_gpt(), n_layer="1"), TypeError,
      r"n_layer must be an int, got str \('1'\)"),
+    # chapter 7, section 4: batched seeds, augmentation, digit pairs
+    ("distill-independent-objective-not-callable", lambda: _independent()("ce"), TypeError,
+     "loss_fn must be a function"),
+    ("distill-independent-objective-needs-a-cohort", lambda: _independent()()(TinyMLP(), _xy()), TypeError,
+     "trains a Cohort"),
+    ("distill-born-again-augment-not-callable", lambda: born_again(TinyMLP, TinyMLP(), _xy(), augment=3), TypeError,
+     "augment must be a function"),
+    ("distill-born-again-loss-fn-given", lambda: born_again(TinyMLP, TinyMLP(), _xy(), loss_fn=None), TypeError,
+     "sets fit's loss_fn itself"),
+    ("distill-shift-and-noise-not-images", lambda: _augment().shift_and_noise(torch.rand(8, 64)), ValueError, "x must"),
+    ("distill-shift-and-noise-shift-too-large", lambda: _augment().shift_and_noise(torch.rand(2, 1, 8, 8), shift=4),
+     ValueError, "shift must be smaller"),
+    ("distill-shift-and-noise-negative-noise", lambda: _augment().shift_and_noise(torch.rand(2, 1, 8, 8), noise=-1),
+     ValueError, "noise"),
+    ("distill-shift-and-noise-generator-not-a-generator",
+     lambda: _augment().shift_and_noise(torch.rand(2, 1, 8, 8), generator=0), TypeError, "generator must be"),
+    ("distill-with-augmentation-augment-not-callable", lambda: _augment().with_augmentation(None, "shift"), TypeError,
+     "augment must be a function"),
+    ("distill-with-augmentation-stored-logits", lambda: _augment().with_augmentation(None, lambda x: x)(
+        TinyMLP(), (*_xy(), torch.rand(4, 10))), ValueError, "teacher_logits"),
+    ("distill-digit-pairs-bad-split", lambda: _augment().digit_pairs("val"), ValueError, "unknown split"),
+    ("distill-digit-pairs-n-zero", lambda: _augment().digit_pairs("train", 0), ValueError, "n must"),
 ]
+
+
+def _independent():
+    from lfm_ref.distill import independent_objective
+    return independent_objective
+
+
+def _augment():
+    from lfm_ref.data import augment
+    return augment
+
+
+def _xy():
+    return torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))

@@ -232,3 +232,54 @@ def test_offline_kd_equals_online_kd():
     assert torch.allclose(online, offline)
     with pytest.raises(ValueError, match="teacher_logits"):
         kd_objective(None)(student, (x, y))
+
+
+# ----- batched seeds and augmented born-again (chapter 7, section 4) ------------------------------
+def test_independent_objective_trains_members_as_separate_runs():
+    from lfm_ref.distill import independent_objective
+
+    seed_everything(0)
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    a, b = TinyMLP(), TinyMLP()
+    alone = [TinyMLP(), TinyMLP()]
+    for m, ref in zip(alone, (a, b)):
+        m.load_state_dict(ref.state_dict())
+    # full-batch steps: every run sees the same batches, so the cohort must equal the two runs
+    fit(Cohort([a, b]), (x, y), loss_fn=independent_objective(), steps=3, batch_size=32, device="cpu")
+    for m in alone:
+        fit(m, (x, y), steps=3, batch_size=32, device="cpu")
+    for m, ref in zip(alone, (a, b)):
+        for p, q in zip(m.parameters(), ref.parameters()):
+            assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_independent_objective_takes_one_objective_per_member():
+    from lfm_ref.distill import independent_objective
+
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    calls = []
+    fns = [lambda m, b, k=k: calls.append(k) or F.cross_entropy(m(b[0]), b[1]) for k in range(3)]
+    loss = independent_objective(fns)(Cohort([TinyMLP() for _ in range(3)]), (x, y))
+    assert calls == [0, 1, 2] and loss.dim() == 0
+    with pytest.raises(ValueError, match="3 objectives for a cohort of 2"):
+        independent_objective(fns)(Cohort([TinyMLP(), TinyMLP()]), (x, y))
+
+
+def test_born_again_pairs_the_members_of_cohorts_and_augments():
+    from lfm_ref.data.augment import shift_and_noise
+
+    seed_everything(0)
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    teachers = Cohort([TinyMLP(), TinyMLP()])
+    seen = []
+
+    def augment(inputs):
+        seen.append(inputs.shape)
+        return shift_and_noise(inputs, shift=1, noise=0.1)
+
+    students = born_again(lambda: Cohort([TinyMLP(), TinyMLP()]), teachers, (x, y), generations=2,
+                          augment=augment, steps=2, batch_size=32, device="cpu")
+    assert len(students) == 2 and all(len(s.peers) == 2 for s in students)
+    assert len(seen) == 2 * 2 * 2  # generations x steps x members: every member draws its own view
+    with pytest.raises(ValueError, match="Cohort of as many members"):
+        born_again(TinyMLP, teachers, (x, y), generations=1, steps=1, device="cpu")

@@ -2,6 +2,7 @@
 
 Chapter: notebooks/00_foundation_models.ipynb.
 """
+from .augment import PAIR_CLASSES, digit_pairs, shift_and_noise, with_augmentation
 from .digits import (
                      BROAD_PRETRAINING,
                      COVERED_CLASSES,
@@ -21,4 +22,4 @@ from .facts import CAPITALS, FILL_IN_CAPITAL, RELATIONS, TEMPLATES, Fact, FactWo
 __all__ = ["CAPITALS", "FILL_IN_CAPITAL", "capital_pairs", "RELATIONS", "TEMPLATES", "Fact", "FactWorld",
            "DIGITS_TASKS", "digits_task", "digits_images", "BROAD_PRETRAINING", "COVERED_CLASSES", "MERGE_TASKS",
            "broad_pretraining_set", "merge_task", "rotate", "rotation_task", "similar_class_pairs",
-           "subpopulation_task"]
+           "subpopulation_task", "PAIR_CLASSES", "digit_pairs", "shift_and_noise", "with_augmentation"]

@@ -29,11 +29,11 @@ from .features import (
 )
 from .kd import born_again, kd_loss, kd_objective
 from .lm_kd import smaller_gpt2, teacher_corpus, token_kd_loss, token_kd_objective, with_teacher_logits
-from .mutual import Cohort, mutual_learning_loss, mutual_learning_objective
+from .mutual import Cohort, independent_objective, mutual_learning_loss, mutual_learning_objective
 
 __all__ = ["Distillation", "HintRegressor", "fitnets_hint_objective", "hint_loss", "rkd_angle_loss",
            "rkd_distance_loss", "rkd_loss", "rkd_objective", "born_again", "kd_loss", "kd_objective",
-           "Cohort", "mutual_learning_loss", "mutual_learning_objective",
+           "Cohort", "independent_objective", "mutual_learning_loss", "mutual_learning_objective",
            "BatchNormStatistics", "Generator", "bn_statistics_loss", "dafl", "dafl_losses",
            "deep_inversion", "dfad", "dfme", "discrepancy", "total_variation",
            "smaller_gpt2", "teacher_corpus", "token_kd_loss", "token_kd_objective", "with_teacher_logits"]

@@ -87,20 +87,45 @@ def kd_objective(teacher: nn.Module | None, temperature: float = 4.0,
 
 
 def born_again(make_student: Callable[[], nn.Module], teacher: nn.Module, data, generations: int = 2,
-               temperature: float = 4.0, alpha: float = 0.9, **fit_kwargs) -> list[nn.Module]:
+               temperature: float = 4.0, alpha: float = 0.9, augment: Callable | None = None,
+               **fit_kwargs) -> list[nn.Module]:
     """Born-again networks: generation k+1 is distilled from generation k, starting from ``teacher``.
 
     Returns the students of every generation (the last one is usually used, or their ensemble).
+    ``augment`` (a function of a batch of inputs, e.g. :func:`lfm_ref.data.augment.shift_and_noise`)
+    gives the student fresh augmented inputs at every step; the teacher is run on the same augmented
+    view. When ``teacher`` is a :class:`~lfm_ref.distill.Cohort` of independent runs (one per seed)
+    and ``make_student`` returns cohorts of the same size, member k of each generation is distilled
+    from member k of the previous one, all in one ``fit``.
     """
+    from ..data.augment import with_augmentation
+    from .mutual import Cohort, independent_objective
+
     if not callable(make_student) or isinstance(make_student, nn.Module):
         raise TypeError(f"make_student must be a function that returns a new student, got "
                         f"{type(make_student).__name__}")
     checks.module(teacher, "teacher")
     generations = checks.positive_int(generations, "generations")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be a function of a batch of inputs or None, got {type(augment).__name__}")
+    if "loss_fn" in fit_kwargs:
+        raise TypeError("born_again sets fit's loss_fn itself (KD from the previous generation)")
+
+    def objective(current, student):
+        if isinstance(current, Cohort):
+            if not isinstance(student, Cohort) or len(student.peers) != len(current.peers):
+                raise ValueError("a Cohort teacher needs make_student to return a Cohort of as many members")
+            fns = [kd_objective(t, temperature, alpha) for t in current.peers]
+            if augment is not None:  # every member draws its own view; its teacher sees that view
+                fns = [with_augmentation(fn, augment) for fn in fns]
+            return independent_objective(fns)
+        fn = kd_objective(current, temperature, alpha)
+        return fn if augment is None else with_augmentation(fn, augment)
+
     students, current = [], teacher
     for _ in range(generations):
         student = make_student()
-        fit(student, data, loss_fn=kd_objective(current, temperature, alpha), **fit_kwargs)
+        fit(student, data, loss_fn=objective(current, student), **fit_kwargs)
         students.append(student)
         current = student
     return students

@@ -55,6 +55,45 @@ def mutual_learning_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     return total
 
 
+def independent_objective(loss_fn: Callable | Sequence[Callable] | None = None
+                          ) -> Callable:
+    """A ``loss_fn`` that trains the members of a :class:`Cohort` *independently*, as
+    separate runs: the sum over members k of ``loss_fn(member_k, batch)`` (cross-entropy
+    on ``(x, y)`` when None), or of ``loss_fn[k](member_k, batch)`` with one objective
+    per member (e.g. each distilled from its own teacher).
+
+    No term couples two members, so each gets the gradient of its own loss, and AdamW's
+    update is per parameter: one ``fit`` of a cohort of K seeds trains K models as K
+    separate ``fit`` calls would (they share the order of the batches), at about the
+    cost of one for models as small as chapter 7's, whose steps are mostly fixed costs.
+    """
+    from ..train import default_loss
+
+    many = isinstance(loss_fn, (list, tuple))
+    fns = list(loss_fn) if many else [loss_fn]
+    for i, fn in enumerate(fns):
+        if fn is not None and not callable(fn):
+            name = f"loss_fn[{i}]" if many else "loss_fn"
+            raise TypeError(f"{name} must be a function loss_fn(model, batch) or None, "
+                            f"got {type(fn).__name__}")
+    fns = [fn or default_loss for fn in fns]
+
+    def loss_fn_(cohort: Cohort, batch):
+        if not isinstance(cohort, Cohort):
+            raise TypeError(f"independent_objective trains a Cohort of members, got "
+                            f"{type(cohort).__name__}")
+        if many and len(fns) != len(cohort.peers):
+            raise ValueError(f"independent_objective got {len(fns)} objectives for a "
+                             f"cohort of {len(cohort.peers)} members")
+        if many:
+            members = zip(fns, cohort.peers)
+        else:
+            members = ((fns[0], m) for m in cohort.peers)
+        return sum(fn(m, batch) for fn, m in members)  # sum_k L_k(member_k)
+
+    return loss_fn_
+
+
 def mutual_learning_objective() -> Callable:
     """A ``loss_fn`` for ``fit(Cohort([...]), data, loss_fn=mutual_learning_objective())`` on
     ``(x, y)`` batches: :func:`mutual_learning_loss` of the cohort's stacked logits."""
