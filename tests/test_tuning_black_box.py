@@ -9,7 +9,16 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from lfm_ref.blackbox import ScoreAPI
 from lfm_ref.data import FactWorld
 from lfm_ref.lm import next_token_logits
-from lfm_ref.tuning.black_box import BlackBoxTuning, PromptPolicy, boosted_predict, cma_es, prompt_boosting, rl_prompt
+from lfm_ref.tuning.black_box import (
+    BlackBoxTuning,
+    PromptPolicy,
+    boosted_predict,
+    cma_es,
+    learned_verbaliser,
+    prompt_boosting,
+    rl_prompt,
+    verbalised_predict,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,19 +117,111 @@ def test_prompt_boosting_is_samme_on_the_prompts_predictions(lm):
     model, tok, people, cities = lm
     api = ScoreAPI(model, tok, cities)
     pool = ["was born in", "works as a", "is originally from the city of"]
-    labels = torch.arange(12) % 5
-    chosen, alphas = prompt_boosting(api, people, labels, pool, rounds=1)
-    errors = (api.hard(people, pool).argmax(-1) != labels).float().mean(1)  # uniform weights in round 1
+    labels = torch.arange(12) % 3  # 3 classes, 5 candidate words
+    chosen, verbalisers, alphas = prompt_boosting(api, people, labels, pool, rounds=1)
+    logp = api.hard(people, pool)
+    uniform = torch.full((12,), 1 / 12, dtype=torch.float64)
+    v = learned_verbaliser(logp, labels, uniform, 3)  # round 1: uniform weights
+    errors = (verbalised_predict(logp, v) != labels).float().mean(1)
     best = int(errors.argmin())
-    assert chosen == [best]
-    assert alphas[0] == pytest.approx(math.log((1 - errors[best]) / errors[best]) + math.log(4), rel=1e-5)
-    single = api.hard(people, [pool[best]])[0].argmax(-1)
-    assert torch.equal(boosted_predict(api, people, pool, chosen, alphas), single)
-    chosen, alphas = prompt_boosting(api, people, labels, pool, rounds=3)
-    rounds = boosted_predict(api, people, pool, chosen, alphas, every_round=True)
+    assert chosen == [best] and verbalisers == [v[best].tolist()]
+    assert alphas[0] == pytest.approx(math.log((1 - errors[best]) / errors[best]) + math.log(2), abs=1e-5)
+    single = verbalised_predict(logp[best:best + 1], v[best:best + 1])[0]
+    assert torch.equal(boosted_predict(api, people, pool, chosen, verbalisers, alphas), single)
+    chosen, verbalisers, alphas = prompt_boosting(api, people, labels, pool, rounds=3)
+    rounds = boosted_predict(api, people, pool, chosen, verbalisers, alphas, every_round=True)
     assert rounds.shape == (len(chosen), 12)
-    assert torch.equal(rounds[0], api.hard(people, [pool[chosen[0]]])[0].argmax(-1))
-    assert torch.equal(rounds[-1], boosted_predict(api, people, pool, chosen, alphas))
+    assert torch.equal(rounds[0], single)
+    assert torch.equal(rounds[-1], boosted_predict(api, people, pool, chosen, verbalisers, alphas))
+
+
+class TableAPI:
+    """A fake service whose scores are a fixed table ``(prompts, texts, words)``; texts are row indices."""
+
+    def __init__(self, logp, pool):
+        self.logp, self.pool, self.queries = logp, list(pool), 0
+        self.candidates = [f"w{i}" for i in range(logp.shape[-1])]
+
+    def hard(self, texts, prompts):
+        self.queries += len(texts) * len(prompts)
+        rows = torch.tensor([int(t) for t in texts])
+        return self.logp[[self.pool.index(p) for p in prompts]][:, rows]
+
+
+def _random_scores(prompts=4, texts=30, words=7, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logp = (2 * torch.randn(prompts, texts, words, generator=g)).log_softmax(-1)
+    labels = torch.randint(0, classes, (texts,), generator=g)
+    weights = torch.rand(texts, generator=g, dtype=torch.float64)
+    return logp, labels, weights / weights.sum()
+
+
+def _weighted_accuracy(logp, v, labels, weights):
+    return ((verbalised_predict(logp, v) == labels).double() * weights).sum(-1)
+
+
+def test_learned_verbaliser_takes_each_class_word_of_highest_weighted_mean_log_prob():
+    logp, labels, weights = _random_scores()
+    v = learned_verbaliser(logp, labels, weights, 3)
+    assert v.shape == (4, 3)
+    for p in range(4):
+        for c in range(3):
+            rows = labels == c
+            score = (weights[rows, None] * logp[p, rows].double()).sum(0) / weights[rows].sum()
+            assert int(v[p, c]) == int(score.argmax())
+
+
+def test_screened_verbaliser_is_a_local_optimum_of_the_weighted_accuracy():
+    """Among each class's ``screen`` best-scoring words, no single switch raises the weighted training
+    accuracy, and the screen never does worse than the likelihood step alone."""
+    for seed in range(3):
+        logp, labels, weights = _random_scores(seed=seed)
+        first = learned_verbaliser(logp, labels, weights, 3)
+        v = learned_verbaliser(logp, labels, weights, 3, screen=3)
+        acc = _weighted_accuracy(logp, v, labels, weights)
+        assert (acc >= _weighted_accuracy(logp, first, labels, weights) - 1e-12).all()
+        per_class = torch.stack([(weights[labels == c, None] * logp[:, labels == c].double()).sum(1)
+                                 for c in range(3)], 1)  # (P, C, V), up to each class's weight
+        top = per_class.topk(3, dim=-1).indices
+        for p in range(4):
+            assert all(int(v[p, c]) in top[p, c].tolist() for c in range(3))
+            for c in range(3):
+                for word in top[p, c].tolist():
+                    trial = v[p:p + 1].clone()
+                    trial[0, c] = word
+                    assert _weighted_accuracy(logp[p:p + 1], trial, labels, weights)[0] <= acc[p] + 1e-12
+
+
+def test_prompt_boosting_learns_which_word_stands_for_which_class():
+    """Classes are not answer words: class 0 makes the model say word 3, class 1 word 1; the verbaliser
+    finds that, and the one prompt that carries it is chosen."""
+    labels = torch.tensor([0, 1] * 10)
+    logp = torch.full((2, 20, 5), -3.0)
+    logp[0, labels == 0, 3] = -0.1  # prompt 0: informative
+    logp[0, labels == 1, 1] = -0.1
+    logp[1, :, 2] = -0.1  # prompt 1: always the same word
+    api = TableAPI(logp.log_softmax(-1), ["a", "b"])
+    texts = [str(i) for i in range(20)]
+    chosen, verbalisers, alphas = prompt_boosting(api, texts, labels, ["a", "b"], rounds=1)
+    assert chosen == [0] and verbalisers == [[3, 1]] and api.queries == 40
+    assert torch.equal(boosted_predict(api, texts, ["a", "b"], chosen, verbalisers, alphas), labels)
+
+
+def test_prompt_boosting_reweights_the_mistakes_by_samme():
+    """Round t + 1 learns its verbalisers on w_i exp(alpha_t [h_t(x_i) != y_i]), normalised."""
+    logp, labels, _ = _random_scores(prompts=5, texts=40, words=6, classes=3, seed=4)
+    pool, texts = [f"p{i}" for i in range(5)], [str(i) for i in range(40)]
+    chosen, verbalisers, alphas = prompt_boosting(TableAPI(logp, pool), texts, labels, pool, rounds=3)
+    weights = torch.full((40,), 1 / 40, dtype=torch.float64)
+    for t in range(len(chosen)):
+        v = learned_verbaliser(logp, labels, weights, 3)
+        wrong = (verbalised_predict(logp, v) != labels).double()
+        errors = (wrong * weights).sum(1)
+        assert chosen[t] == int(errors.argmin()) and verbalisers[t] == v[chosen[t]].tolist()
+        err = errors[chosen[t]].item()
+        assert alphas[t] == pytest.approx(math.log((1 - err) / err) + math.log(2))
+        weights = weights * torch.exp(alphas[t] * wrong[chosen[t]])
+        weights = weights / weights.sum()
 
 
 def test_black_box_bad_input(lm):
@@ -131,7 +232,7 @@ def test_black_box_bad_input(lm):
     with pytest.raises(ValueError, match="pool is empty"):
         prompt_boosting(api, people, torch.zeros(12, dtype=torch.long), [], rounds=3)
     with pytest.raises(ValueError, match="chosen .* is empty"):
-        boosted_predict(api, people, ["x"], [], [])
+        boosted_predict(api, people, ["x"], [], [], [])
     with pytest.raises(ValueError, match="dim must be an int >= 1"):
         cma_es(lambda x: x.sum(1), dim=0, generations=3)
     with pytest.raises(ValueError, match="at least 2 words"):
@@ -161,8 +262,8 @@ def test_black_box_methods_leave_the_model_in_train_mode(lm):
         bbt.fit(people, labels, generations=1, popsize=2, batch_size=4)
         bbt.fit(people, labels, generations=1, batch_size=4, optimizer="zo_sgd", directions=1)
         bbt.predict(people)
-        chosen, alphas = prompt_boosting(api, people, labels, ["was born in", "works as a"], rounds=1)
-        boosted_predict(api, people, ["was born in", "works as a"], chosen, alphas)
+        chosen, verbalisers, alphas = prompt_boosting(api, people, labels, ["was born in", "works as a"], rounds=1)
+        boosted_predict(api, people, ["was born in", "works as a"], chosen, verbalisers, alphas)
         rl_prompt(api, people, labels, PromptPolicy(["in", "born"], 1), steps=1, samples=2, batch_size=4)
         assert all(m.training for m in model.modules())
     finally:

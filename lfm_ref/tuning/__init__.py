@@ -23,7 +23,16 @@ from .adapters import (
     inject_adapter_fusion,
     inject_adapters,
 )
-from .black_box import BlackBoxTuning, PromptPolicy, boosted_predict, cma_es, prompt_boosting, rl_prompt
+from .black_box import (
+    BlackBoxTuning,
+    PromptPolicy,
+    boosted_predict,
+    cma_es,
+    learned_verbaliser,
+    prompt_boosting,
+    rl_prompt,
+    verbalised_predict,
+)
 from .finetune import MODES, lp_ft, select_trainable, wise_ft
 from .ia3 import IA3Config, IA3Layer, inject_ia3
 from .inject import WrappedLayer, merge_layers, trainable_state_dict, unload_layers, unmerge_layers, wrapped_layers
@@ -33,7 +42,8 @@ from .visual import VisualPrefixLM
 
 __all__ = ["AdapterConfig", "AdapterFusion", "AdapterLayer", "BottleneckAdapter", "CompacterAdapter", "PHMLinear",
            "adapter_modules", "inject_adapter_fusion", "inject_adapters",
-           "BlackBoxTuning", "PromptPolicy", "boosted_predict", "cma_es", "prompt_boosting", "rl_prompt",
+           "BlackBoxTuning", "PromptPolicy", "boosted_predict", "cma_es", "learned_verbaliser", "prompt_boosting",
+           "rl_prompt", "verbalised_predict",
            "MODES", "lp_ft", "select_trainable", "wise_ft",
            "IA3Config", "IA3Layer", "inject_ia3",
            "WrappedLayer", "merge_layers", "trainable_state_dict", "unload_layers", "unmerge_layers", "wrapped_layers",

@@ -9,8 +9,9 @@ policy gradients of a separate, small policy.
   ``z`` (``d ~ 10``), optimised by CMA-ES (Hansen, 2016, "The CMA Evolution Strategy: A Tutorial";
   arXiv:1604.00772) on the API's loss.
 - **PromptBoosting** (Hou et al., 2023, "PromptBoosting: Black-Box Text Classification with Ten Forward
-  Passes", ICML; arXiv:2212.09257): a pool of hard prompts as weak learners, combined by AdaBoost
-  (multi-class SAMME: ``alpha_t = log((1 - err_t) / err_t) + log(K - 1)``).
+  Passes", ICML; arXiv:2212.09257): weak learners ``(prompt, verbaliser)``, the verbaliser learned per
+  prompt on the current example weights (which answer word votes for which class), combined by
+  AdaBoost (multi-class SAMME: ``alpha_t = log((1 - err_t) / err_t) + log(K - 1)``).
 - **RLPrompt** (Deng et al., 2022, "RLPrompt: Optimizing Discrete Text Prompts with Reinforcement
   Learning", EMNLP; arXiv:2205.12548): a policy samples discrete prompt tokens and is trained by
   REINFORCE on the API's reward, ``grad = E[(R - b) grad log pi(prompt)]``.
@@ -168,52 +169,147 @@ class BlackBoxTuning:
         return self.api.soft(checks.texts(texts), self.prompts(self.z[None]))[0].argmax(-1)
 
 
-def prompt_boosting(api: ScoreAPI, texts: Sequence[str], labels: torch.Tensor,
-                    pool: Sequence[str], rounds: int) -> tuple[list[int], list[float]]:
-    """AdaBoost (SAMME) over a pool of hard prompts, each a weak classifier
-    ``argmax_k API(text + prompt)_k``.
+def learned_verbaliser(logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                       n_classes: int, screen: int = 1) -> torch.Tensor:
+    """PromptBoosting's verbaliser (Hou et al., 2023, Sec. 3.3), for every prompt at once: class ``c``
+    answers with the candidate word of the highest weighted mean log-probability on the training
+    inputs of class ``c``, ``v_c = argmax_v sum_{i: y_i = c} w_i log p(v | x_i, prompt) / sum_{i: y_i = c} w_i``.
 
-    Every prompt is queried once on the training texts (``len(pool) * len(texts)``
-    calls, the method's whole API cost); the boosting itself is arithmetic on those
-    predictions. Returns the chosen prompts' indices (at least one) and their weights
-    ``alpha_t``; a ValueError if no prompt of the pool beats chance."""
-    texts, labels = _check_data(_check_api(api, "hard"), texts, labels)
+    ``logp``: ``(P, N, V)`` scores of ``V`` candidate words (``ScoreAPI.hard``); ``labels``: ``(N,)``
+    classes in ``[0, n_classes)``, which need not be candidate words; ``weights``: ``(N,)`` non-negative.
+    Returns ``(P, n_classes)`` word indices.
+
+    ``screen > 1`` adds the paper's screening by training accuracy, greedily: each class may take any of
+    its ``screen`` best-scoring words, and passes over the classes switch a class's word whenever that
+    raises the prompt's weighted training accuracy, until no single switch does (a local optimum of the
+    weighted accuracy among those assignments; the paper enumerates them, which 10 classes forbid)."""
+    checks.tensor(logp, "logp", dim=3, floating=True)
+    n_classes = checks.integer(n_classes, "n_classes", minimum=2)
+    labels = checks.class_indices(labels, "labels", n_classes)
+    checks.tensor(weights, "weights", dim=1, floating=True)
+    if labels.shape != (logp.shape[1],) or weights.shape != labels.shape:
+        raise ValueError(f"labels and weights must have one entry per text, shape ({logp.shape[1]},), got "
+                         f"{tuple(labels.shape)} and {tuple(weights.shape)}")
+    if (weights < 0).any():
+        raise ValueError("weights must be non-negative")
+    per_class = nn.functional.one_hot(labels, n_classes).T.to(logp.dtype) * weights.to(logp.dtype)  # (C, N)
+    per_class = per_class / per_class.sum(1, keepdim=True).clamp_min(1e-30)  # weighted mean within a class
+    score = torch.einsum("cn,pnv->pcv", per_class, logp)  # (P, C, V)
+    screen = min(checks.positive_int(screen, "screen"), logp.shape[-1])
+    top = score.topk(screen, dim=-1).indices  # (P, C, screen), best first
+    verbaliser = top[..., 0].clone()  # the likelihood step
+    if screen == 1:
+        return verbaliser
+    w = weights.to(logp.dtype)
+    n = logp.shape[1]
+    screened = logp.gather(2, top.flatten(1)[:, None].expand(-1, n, -1)).view(len(logp), n, n_classes, screen)
+    chosen = torch.zeros(len(logp), n_classes, dtype=torch.long)  # position of each class's word in its screen
+    best = ((verbalised_predict(logp, verbaliser) == labels).to(logp.dtype) * w).sum(-1)  # (P,)
+    improved = True
+    while improved:  # every switch strictly raises an accuracy over finitely many assignments: it stops
+        improved = False
+        for c in range(n_classes):
+            said = screened.gather(3, chosen[:, None, :, None].expand(-1, n, -1, 1)).squeeze(3)  # (P, N, C)
+            said[:, :, c] = -math.inf
+            other, other_class = said.max(-1)  # the best other class of every input, (P, N)
+            trial = screened[:, :, c]  # (P, N, screen): class c's score with each screened word
+            # argmax_c' with class c's word switched (ties to the lower class, like argmax)
+            wins = (trial > other[..., None]) | ((trial == other[..., None]) & (c < other_class[..., None]))
+            said_c = torch.where(wins, c, other_class[..., None])
+            acc = ((said_c == labels[:, None]).to(logp.dtype) * w[:, None]).sum(1)  # (P, screen)
+            gain, j = acc.max(1)
+            better = gain > best + 1e-12
+            if better.any():
+                chosen[better, c], best[better], improved = j[better], gain[better], True
+    verbaliser = top.gather(2, chosen[..., None]).squeeze(2)
+    return verbaliser
+
+
+def verbalised_predict(logp: torch.Tensor, verbalisers: torch.Tensor) -> torch.Tensor:
+    """``argmax_c log p(v_c | x, prompt)``: each prompt's class predictions ``(P, N)`` through its
+    verbaliser ``(P, C)`` (word indices into the ``V`` candidates of ``logp``, ``(P, N, V)``)."""
+    checks.tensor(logp, "logp", dim=3, floating=True)
+    checks.tensor(verbalisers, "verbalisers", dim=2, floating=False)
+    if len(verbalisers) != len(logp):
+        raise ValueError(f"verbalisers must have one row per prompt, {len(logp)}, got {len(verbalisers)}")
+    checks.class_indices(verbalisers, "verbalisers", logp.shape[-1])
+    index = verbalisers[:, None, :].expand(-1, logp.shape[1], -1)  # (P, N, C)
+    return logp.gather(2, index).argmax(-1)
+
+
+def prompt_boosting(api: ScoreAPI, texts: Sequence[str], labels: torch.Tensor,
+                    pool: Sequence[str], rounds: int, n_classes: int | None = None,
+                    screen: int = 1) -> tuple[list[int], list[list[int]], list[float]]:
+    """AdaBoost (SAMME) over weak learners ``(prompt, verbaliser)``: each round learns, for every
+    prompt of the pool, the verbaliser of the current example weights (:func:`learned_verbaliser`),
+    and keeps the pair of least weighted error (Hou et al., 2023).
+
+    ``labels`` are classes in ``[0, n_classes)`` (default: ``labels.max() + 1``, at least 2), not the API's
+    candidate words: a verbaliser maps each class to a word (``screen``: see :func:`learned_verbaliser`).
+    Every prompt is queried once on the training texts (``len(pool) * len(texts)`` calls, the method's
+    whole API cost); the boosting itself is arithmetic on those scores, so a prompt may be chosen again
+    with a new verbaliser.
+    Returns the chosen prompts' indices (at least one), their verbalisers (one word index per class)
+    and their weights ``alpha_t``; a ValueError if no weak learner beats chance."""
+    api = _check_api(api, "hard")
+    texts = checks.texts(texts)
+    checks.tensor(labels, "labels", floating=False)
+    if n_classes is None:
+        n_classes = max(int(labels.max()) + 1 if labels.numel() else 2, 2)
+    k = checks.integer(n_classes, "n_classes", minimum=2)
+    labels = checks.class_indices(labels, "labels", k).cpu()
+    if labels.shape != (len(texts),):
+        raise ValueError(f"labels must have one class index per text, shape ({len(texts)},), "
+                         f"got {tuple(labels.shape)}")
     pool, rounds = checks.texts(pool, "pool"), checks.positive_int(rounds, "rounds")
-    k = len(api.candidates)
-    correct = api.hard(texts, pool).argmax(-1) == labels  # (prompts, texts)
-    weights = torch.full((len(texts),), 1.0 / len(texts))
-    chosen, alphas = [], []
+    logp = api.hard(texts, pool)  # (prompts, texts, words): the whole bill
+    weights = torch.full((len(texts),), 1.0 / len(texts), dtype=torch.float64)
+    chosen, verbalisers, alphas = [], [], []
     for _ in range(rounds):
-        errors = ((~correct).float() * weights).sum(1)  # weighted error of every prompt
+        verbaliser = learned_verbaliser(logp, labels, weights, k, screen)  # (prompts, classes)
+        wrong = (verbalised_predict(logp, verbaliser) != labels).double()  # (prompts, texts)
+        errors = (wrong * weights).sum(1)  # weighted error of every prompt with its verbaliser
         best = int(errors.argmin())
         err = min(max(errors[best].item(), 1e-10), 1 - 1e-10)  # float64: 1 - 1e-10 < 1
         alpha = math.log((1 - err) / err) + math.log(k - 1)
-        if alpha <= 0:  # no prompt beats chance on the reweighted data
+        if alpha <= 0:  # no weak learner beats chance on the reweighted data
             if not chosen:
                 chance = 1 - 1 / k
                 raise ValueError(f"no prompt of the pool beats chance on the training"
                                  f" texts (best error {err:.1%}, chance {chance:.1%})")
             break
         chosen.append(best)
+        verbalisers.append(verbaliser[best].tolist())
         alphas.append(alpha)
         # up-weight the mistakes: w_i <- w_i exp(alpha_t [h_t(x_i) != y_i])
-        weights = weights * torch.exp(alpha * (~correct[best]).float())
+        weights = weights * torch.exp(alpha * wrong[best])
         weights = weights / weights.sum()
-    return chosen, alphas
+    return chosen, verbalisers, alphas
 
 
 def boosted_predict(api: ScoreAPI, texts: Sequence[str], pool: Sequence[str], chosen: Sequence[int],
-                    alphas: Sequence[float], every_round: bool = False) -> torch.Tensor:
-    """``argmax_k sum_t alpha_t [h_t(x) = k]``: the weighted vote of the chosen prompts, ``(n,)``; with
-    ``every_round=True`` the vote of the first ``t`` prompts for every ``t``, ``(T, n)``."""
-    _check_api(api, "hard")
+                    verbalisers: Sequence[Sequence[int]], alphas: Sequence[float],
+                    every_round: bool = False) -> torch.Tensor:
+    """``argmax_c sum_t alpha_t [h_t(x) = c]``, ``h_t`` the chosen prompt read through its verbaliser:
+    the weighted vote ``(n,)``; with ``every_round=True`` the vote of the first ``t`` learners for
+    every ``t``, ``(T, n)``. One query per distinct chosen prompt and text."""
+    api = _check_api(api, "hard")
     texts, pool = checks.texts(texts), checks.texts(pool, "pool")
     chosen = checks.non_empty(chosen, "chosen (the prompts prompt_boosting chose)")
-    if len(alphas) != len(chosen) or not all(0 <= i < len(pool) for i in chosen):
-        raise ValueError(f"chosen must index the pool ({len(pool)} prompts) with one alpha each, got "
-                         f"{len(chosen)} indices {chosen[:5]} and {len(alphas)} alphas")
-    votes = api.hard(texts, [pool[i] for i in chosen]).argmax(-1)  # (T, n), one query per prompt and text
-    weighted = torch.nn.functional.one_hot(votes, len(api.candidates)) * torch.tensor(alphas)[:, None, None]
+    if (len(alphas) != len(chosen) or len(verbalisers) != len(chosen)
+            or not all(isinstance(i, int) and 0 <= i < len(pool) for i in chosen)):
+        raise ValueError(f"chosen must index the pool ({len(pool)} prompts) with one verbaliser and one alpha "
+                         f"each, got {len(chosen)} indices {list(chosen)[:5]}, {len(verbalisers)} "
+                         f"verbalisers and {len(alphas)} alphas")
+    verbalisers = torch.as_tensor([list(v) for v in verbalisers], dtype=torch.long)
+    if verbalisers.dim() != 2 or len({len(v) for v in verbalisers}) != 1 or verbalisers.shape[1] < 2:
+        raise ValueError(f"verbalisers must be lists of one word index per class (2 or more), got shape "
+                         f"{tuple(verbalisers.shape)}")
+    distinct = sorted(set(chosen))
+    logp = api.hard(texts, [pool[i] for i in distinct])  # (distinct prompts, n, words)
+    logp = logp[[distinct.index(i) for i in chosen]]  # (T, n, words)
+    votes = verbalised_predict(logp, verbalisers)  # (T, n) classes
+    weighted = nn.functional.one_hot(votes, verbalisers.shape[1]) * torch.tensor(alphas)[:, None, None]
     predictions = weighted.cumsum(0).argmax(-1)  # the vote after each round
     return predictions if every_round else predictions[-1]
 
