@@ -21,7 +21,10 @@ from lfm_ref.reuse import (
     regmean,
     task_arithmetic,
     ties_merge,
+    train_routers,
+    weight_ensembling_moe,
     weighted_average,
+    zipit,
 )
 
 
@@ -46,6 +49,19 @@ def _broadcastable_fishers():
 
 
 _x = torch.rand(5, 3)
+
+
+def _vit():
+    from lfm_ref.zoo.models import TinyViT
+
+    torch.manual_seed(0)
+    return TinyViT(dim=16, depth=1, heads=2)
+
+
+def _moes():
+    vit = _vit()
+    sd = vit.state_dict()
+    return weight_ensembling_moe([vit, _vit()], sd, [sd, sd], ["blocks.0.mlp"], dim=16)
 
 CASES = [
     ("reuse-fisher-broadcastable-shape", _broadcastable_fishers, ValueError,
@@ -101,4 +117,27 @@ CASES = [
      "rounds must be an int >= 1, got 0"),
     ("reuse-bezier-position-str", lambda: BezierCurve(_model(), _sd(), _fts()[0]).point("0.5"), TypeError,
      r"t must be a number \(int or float\), got str"),
+    ("reuse-merge-finetuned-lacks-pretrained-keys",
+     lambda: merge("task_arithmetic", {**_sd(), "extra.weight": torch.ones(2)}, _fts()), ValueError,
+     r"finetuned\[0\] lacks keys of pretrained: \['extra.weight'\]"),
+    ("reuse-regmean-keys-a-string", lambda: regmean([_model()], [_x], keys="0.weight"), TypeError,
+     r"keys must be a collection of state-dict keys \(e.g. the encoder's\), got str"),
+    ("reuse-fisher-unknown-key", lambda: diagonal_fisher(_model(), _x, keys=["9.weight"]), ValueError,
+     r"keys must be keys of the model's parameters; it lacks \['9.weight'\]"),
+    ("reuse-adamerging-model-count", lambda: adamerging([_model()], _sd(), _fts(), [_x, _x]), ValueError,
+     r"got 1 models for 2 fine-tuned state dicts \(one per task\)"),
+    ("reuse-adamerging-model-not-a-module", lambda: adamerging("mlp", _sd(), _fts(), [_x, _x]), TypeError,
+     r"model must be a torch.nn.Module or a list of them \(one per task\), got str"),
+    ("reuse-wemoe-task-model-count",
+     lambda: weight_ensembling_moe([_vit()], _vit().state_dict(), [_vit().state_dict()] * 2, ["blocks.0.mlp"],
+                                   dim=16), ValueError,
+     r"got 1 task models for 2 fine-tuned state dicts \(one per task\)"),
+    ("reuse-train-routers-inputs-one-tensor", lambda: train_routers(_moes(), torch.rand(4, 1, 8, 8), steps=1),
+     TypeError, r"inputs must be a list of input tensors, one per task model \(2\), got Tensor"),
+    ("reuse-train-routers-head-not-a-name",
+     lambda: train_routers(_moes(), [torch.rand(4, 1, 8, 8)] * 2, steps=1, head=3), TypeError,
+     r"head must be a module name \(a string\), got int"),
+    ("reuse-zipit-separate-heads-str",
+     lambda: zipit(*[nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)) for _ in range(2)],
+                   ["0", "2"], _x, separate_heads="yes"), TypeError, "separate_heads must be a bool, got str"),
 ]

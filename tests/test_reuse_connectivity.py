@@ -176,6 +176,28 @@ def test_zipit_of_a_model_and_its_permuted_copy_is_the_model(mlps, same_model):
     assert torch.allclose(outputs(merged, x), outputs(sd, x), atol=1e-5)
 
 
+@pytest.mark.parametrize("same_model", [False, True])
+def test_zipit_with_separate_heads_keeps_each_models_function(mlps, same_model):
+    # ZipIt's disjoint-task setting: B is A's permuted copy with a head of its own; zipping the bodies and
+    # giving each head the merged features through its rows of U must leave both functions unchanged
+    a, _, x, spec = mlps
+    sd = a.state_dict()
+    g = torch.Generator().manual_seed(5)
+    b_sd = permute_state_dict(sd, spec, random_permutations(spec, sd, seed=6))
+    b_sd["head.weight"] = torch.randn(b_sd["head.weight"].shape, generator=g)
+    b_sd["head.bias"] = torch.randn(b_sd["head.bias"].shape, generator=g)
+    b = TinyMLP(hidden=16)
+    b.load_state_dict(b_sd)
+    za, zb = zipit(a, b, linear_chain(a), x, same_model=same_model, separate_heads=True)
+    assert {k: v for k, v in za.items() if not k.startswith("head.")}.keys() == {
+        k for k in sd if not k.startswith("head.")}
+    assert all(torch.equal(za[k], zb[k]) for k in za if not k.startswith("head."))  # one merged body
+    assert torch.allclose(outputs(za, x), outputs(sd, x), atol=1e-5)
+    assert torch.allclose(outputs(zb, x), outputs(b_sd, x), atol=1e-5)
+    with pytest.raises(TypeError, match="separate_heads must be a bool"):
+        zipit(a, b, linear_chain(a), x, separate_heads="yes")
+
+
 # ----- errors ----------------------------------------------------------------------------------------
 def test_connectivity_bad_input(mlps):
     a, b, x, spec = mlps

@@ -1,6 +1,7 @@
 """Chapter 13: the weight-ensembling mixture of experts (defining properties, the per-example definition, errors)."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -66,6 +67,56 @@ def test_router_training_changes_only_the_routers(vits):
     labels = torch.randint(0, 10, (128,))
     sup = train_routers(moe, torch.rand(128, 1, 8, 8), labels, steps=5, batch_size=32, device="cpu")
     assert len(sup) == 5
+
+
+def _with_head(model, n_classes, seed):
+    m = TinyViT(dim=32, depth=2, heads=2, n_classes=n_classes).eval()
+    g = torch.Generator().manual_seed(seed)
+    head = {"head.weight": torch.randn(n_classes, 32, generator=g), "head.bias": torch.zeros(n_classes)}
+    m.load_state_dict({**{k: v for k, v in model.state_dict().items() if not k.startswith("head.")}, **head})
+    return m
+
+
+def test_per_task_heads_share_the_routers_and_start_at_task_arithmetic(vits):
+    model, pre, fts, x = vits
+    encoder = {k: v for k, v in pre.items() if not k.startswith("head.")}
+    encoders = [{k: v for k, v in sd.items() if k in encoder} for sd in fts]
+    tasks = [_with_head(model, n, i) for i, n in enumerate((3, 5, 4))]
+    moes = weight_ensembling_moe(tasks, encoder, encoders, EXPERTS, dim=32, lam=0.3, init_lambda=0.3)
+    assert len(moes) == 3
+    for name in EXPERTS:  # one expert layer (one router) for every task model
+        assert all(m.get_submodule(name) is moes[0].get_submodule(name) for m in moes)
+        torch.nn.init.zeros_(moes[0].get_submodule(name).router[2].weight)
+    static = task_arithmetic(encoder, encoders, lam=0.3)
+    for m, task in zip(moes, tasks):
+        merged = copy.deepcopy(task)
+        merged.load_state_dict(static, strict=False)  # each task's own head under the merged encoder
+        assert torch.allclose(m(x), merged(x), atol=1e-5)
+
+
+def test_per_task_router_training_uses_each_tasks_head(vits):
+    model, pre, fts, _ = vits
+    encoder = {k: v for k, v in pre.items() if not k.startswith("head.")}
+    encoders = [{k: v for k, v in sd.items() if k in encoder} for sd in fts]
+    tasks = [_with_head(model, n, i) for i, n in enumerate((3, 5, 4))]
+    inputs = [torch.rand(24, 1, 8, 8) for _ in tasks]
+    runs = []
+    for head in (None, "head"):  # the shared body once per batch gives the same training
+        torch.manual_seed(0)
+        moes = weight_ensembling_moe(tasks, encoder, encoders, EXPERTS, dim=32)
+        frozen = [{k: v.clone() for k, v in m.state_dict().items() if ".router." not in k} for m in moes]
+        runs.append(train_routers(moes, inputs, steps=15, lr=1e-2, batch_size=16, device="cpu", head=head))
+        assert all(torch.equal(m.state_dict()[k], v) for m, f in zip(moes, frozen) for k, v in f.items())
+    assert np.allclose(runs[0], runs[1], atol=1e-5)
+    assert np.mean(runs[1][-3:]) < np.mean(runs[1][:3])  # the summed per-task entropy goes down
+    labels = [torch.randint(0, n, (24,)) for n in (3, 5, 4)]
+    assert len(train_routers(moes, inputs, labels, steps=3, batch_size=16, device="cpu", head="head")) == 3
+    with pytest.raises(TypeError, match="one per task model"):
+        train_routers(moes, torch.cat(inputs), steps=1)
+    with pytest.raises(ValueError, match="differ in"):
+        train_routers([moes[0], tasks[1]], inputs[:2], steps=1, head="head")
+    with pytest.raises(ValueError, match="2 task models for 3"):
+        weight_ensembling_moe(tasks[:2], encoder, encoders, EXPERTS, dim=32)
 
 
 def test_experts_bad_input(vits):

@@ -391,7 +391,80 @@ def test_every_method_is_reachable_through_merge_with_one_call(models):
         assert method.paper and method.needs and set(method.needs) <= {"weights", "inputs", "models"}
 
 
+# ----- per-task heads (FusionBench's protocol) --------------------------------------------------------
+def _task_models():
+    """Three TinyViTs fine-tuned (perturbed) from one encoder, each with a head of its own size."""
+    torch.manual_seed(0)
+    base = TinyViT(dim=16, depth=1, heads=2)
+    encoder = {k: v for k, v in base.state_dict().items() if not k.startswith("head.")}
+    models = []
+    for i, classes in enumerate((3, 5, 4)):
+        m = TinyViT(dim=16, depth=1, heads=2, n_classes=classes)
+        m.load_state_dict({**perturbed(encoder, scale=0.05, seed=i),
+                           **{k: v for k, v in m.state_dict().items() if k.startswith("head.")}})
+        models.append(m.eval())
+    return encoder, models
+
+
+def test_merge_with_per_task_heads_merges_the_encoder_only():
+    encoder, models = _task_models()
+    encoders = [{k: v for k, v in m.state_dict().items() if k in encoder} for m in models]
+    x = [torch.rand(12, 1, 8, 8) for _ in models]
+    for name in METHODS:
+        hp = {"steps": 2} if name == "adamerging" else {}
+        merged = merge(name, encoder, models, data=x, **hp)
+        assert merged.keys() == encoder.keys(), name  # pretrained's keys: no head
+        if METHODS[name].needs == ("weights",) and name not in ("dare", "dare_ties"):
+            assert close(merged, merge(name, encoder, encoders, **hp)), name  # the heads are left out
+    # Fisher and RegMean run each model with its own head; on the encoder keys they equal the
+    # full computation restricted to those keys
+    fishers = [diagonal_fisher(m, xi) for m, xi in zip(models, x)]
+    restricted = [{k: f[k] for k in encoder if k in f} for f in fishers]
+    assert close(merge("fisher", encoder, models, data=x), fisher_merge(encoders, restricted))
+    for f, m, xi in zip(restricted, models, x):
+        assert close(diagonal_fisher(m, xi, keys=list(f)), f)
+    same_head = [TinyViT(dim=16, depth=1, heads=2) for _ in range(2)]
+    full = regmean(same_head, x[:2])
+    part = regmean(same_head, x[:2], keys=encoder)
+    assert close(part, {k: full[k] for k in encoder})
+    with pytest.raises(ValueError, match="lacks keys of pretrained"):
+        merge("task_arithmetic", {**encoder, "extra": torch.ones(1)}, models)
+
+
+def test_adamerging_scores_each_task_with_its_own_model():
+    encoder, models = _task_models()
+    encoders = [{k: v for k, v in m.state_dict().items() if k in encoder} for m in models]
+    x = [torch.rand(30, 1, 8, 8) for _ in models]
+    start, lam0 = adamerging(models, encoder, encoders, x, steps=0, lam=0.3)
+    assert close(start, task_arithmetic(encoder, encoders, lam=0.3)) and (lam0 == 0.3).all()
+
+    def entropy(enc):  # each task's entropy under its own head
+        total = 0.0
+        for m, xi in zip(models, x):
+            head = {k: v for k, v in m.state_dict().items() if k.startswith("head.")}
+            probe = TinyViT(dim=16, depth=1, heads=2, n_classes=head["head.bias"].numel())
+            probe.load_state_dict({**enc, **head})
+            p = probe.eval()(xi).softmax(-1)
+            total += -(p * p.log()).sum(-1).mean().item()
+        return total
+
+    heads_before = [m.head.weight.clone() for m in models]
+    learned, lam = adamerging(models, encoder, encoders, x, steps=40, lr=0.05, lam=0.3)
+    assert learned.keys() == encoder.keys() and lam.shape[0] == 3
+    assert entropy(learned) < entropy(start)
+    assert all(torch.equal(m.head.weight, h) for m, h in zip(models, heads_before))  # models untouched
+    # one model repeated is the single-architecture call
+    cnn = TinyCNN(width=4)
+    pre, fts = cnn.state_dict(), [perturbed(cnn.state_dict(), seed=s) for s in range(2)]
+    xs = [torch.rand(8, 1, 8, 8)] * 2
+    assert close(adamerging([cnn, cnn], pre, fts, xs, steps=3, seed=1)[0],
+                 adamerging(cnn, pre, fts, xs, steps=3, seed=1)[0])
+    with pytest.raises(ValueError, match="2 models for 3"):
+        adamerging(models[:2], encoder, encoders, x)
+
+
 def test_functions_that_run_a_model_restore_its_mode():
+    torch.manual_seed(0)  # an initialisation whose Gram matrices are regular (no dead units on 6 inputs)
     cnn = TinyCNN(width=4).train()
     x = torch.rand(6, 1, 8, 8)
     sd = cnn.state_dict()

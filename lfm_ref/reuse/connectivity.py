@@ -347,7 +347,8 @@ def _zip_matrices(fa: torch.Tensor, fb: torch.Tensor, same_model: bool):
 
 
 def zipit(model_a: nn.Module, model_b: nn.Module, layers: Sequence[str],
-          inputs: torch.Tensor, same_model: bool = True) -> dict[str, torch.Tensor]:
+          inputs: torch.Tensor, same_model: bool = True, separate_heads: bool = False
+          ) -> StateDict | tuple[StateDict, StateDict]:
     """ZipIt! for two MLPs: merge the ``2h`` hidden features of each layer into ``h`` by
     pairing the most correlated ones on ``inputs`` (within one model too, if
     ``same_model``), averaging each pair.
@@ -357,6 +358,12 @@ def zipit(model_a: nn.Module, model_b: nn.Module, layers: Sequence[str],
     models their inputs back from the merged features, ``M_l`` averages the matched
     outputs. Across models only (``same_model=False``) this is activation matching
     followed by averaging.
+
+    ``separate_heads=True`` is ZipIt's setting of models trained on *disjoint* tasks
+    (Stoica et al., 2024, sec. 5): the last layer of ``layers`` is each model's own head
+    and is not merged; each head reads the merged features through its own rows of
+    ``U`` (``W_head^A U^A``). Returns two state dicts, A's head and B's head on the one
+    merged body (their other entries are equal).
     """
     a = checks.module(model_a, "model_a").state_dict()
     b = checks.module(model_b, "model_b").state_dict()
@@ -364,10 +371,20 @@ def zipit(model_a: nn.Module, model_b: nn.Module, layers: Sequence[str],
     chain_a, chain_b = _chain_weights(a, layers), _chain_weights(b, layers)
     feats_a = _hidden_features(model_a, layers, inputs)
     feats_b = _hidden_features(model_b, layers, inputs)
+    if not isinstance(separate_heads, bool):
+        raise TypeError(f"separate_heads must be a bool, got "
+                        f"{type(separate_heads).__name__}")
     out = {k: v.clone() for k, v in a.items()}
     unmerge = None
     for i, (name, (wa, ba), (wb, bb)) in enumerate(zip(layers, chain_a, chain_b)):
         last = i == len(layers) - 1
+        if last and separate_heads:  # each head reads merged features via its U rows
+            h = wa.shape[1]
+            out_b = {k: v.clone() for k, v in out.items()}
+            out[f"{name}.weight"] = (wa @ unmerge[:h]).to(a[f"{name}.weight"])
+            out_b[f"{name}.weight"] = (wb @ unmerge[h:]).to(b[f"{name}.weight"])
+            out_b[f"{name}.bias"] = bb.clone().to(b[f"{name}.bias"])
+            return out, out_b
         if i == 0:
             w = torch.cat([wa, wb], 0)              # both models read the same input
         elif not last:

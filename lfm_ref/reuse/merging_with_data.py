@@ -11,12 +11,17 @@ Chapter: notebooks/11_merging.ipynb (sections on Fisher merging, RegMean and Ada
   coefficients per task and per layer learned by minimising :func:`prediction_entropy` on unlabeled
   test inputs.
 
+**Per-task heads** (FusionBench's protocol, chapter 11): each task keeps its own frozen head and only
+the shared encoder is merged. Every function here takes ``keys``, the state-dict keys to merge (the
+encoder's): Fisher and RegMean run each model with its own head and merge only those keys; AdaMerging
+takes one model per task (``model`` a list) and scores each task's entropy with that task's model.
+
 Each function leaves the models it runs in the train/eval mode it found them in.
 """
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 
@@ -43,27 +48,45 @@ def _input_sets(inputs, count: int, what: str) -> list[torch.Tensor]:
     return list(inputs)
 
 
+def _check_keys(keys, available, what: str) -> set[str] | None:
+    """``keys`` (the state-dict keys to merge) as a set, each one of ``available``; ``None`` stays ``None``."""
+    if keys is None:
+        return None
+    if isinstance(keys, (str, torch.Tensor)) or not isinstance(keys, Collection):
+        raise TypeError(f"keys must be a collection of state-dict keys (e.g. the encoder's), got "
+                        f"{type(keys).__name__}")
+    keys = set(keys)
+    missing = sorted(keys - set(available))
+    if missing:
+        raise ValueError(f"keys must be keys of {what}; it lacks {missing[:5]}")
+    return keys
+
+
 # ----- Fisher ------------------------------------------------------------------------------------
-def diagonal_fisher(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64
-                    ) -> dict[str, torch.Tensor]:
+def diagonal_fisher(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64,
+                    keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """The diagonal of the model's Fisher information on ``inputs``, with labels from its own
-    predictions:
+    predictions (Matena & Raffel, 2022, eq. 3 with the expectation over labels taken exactly):
 
         F = E_x sum_y p(y|x) (d log p(y|x) / d theta)^2
 
     computed exactly over the classes with per-example gradients (``torch.func``), in eval mode.
+    ``keys`` restricts it to those parameters (the shared encoder's, when each task has its own head:
+    the model's predictions still use its head); by default every parameter.
     """
     from torch.func import functional_call, grad, vmap
 
     checks.module(model)
     checks.tensor(inputs, "inputs")
     batch_size = checks.positive_int(batch_size, "batch_size")
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    keys = _check_keys(keys, dict(model.named_parameters()), "the model's parameters")
+    params = {k: v.detach() for k, v in model.named_parameters() if keys is None or k in keys}
+    # everything else (buffers, and the parameters outside keys) is held fixed
+    fixed = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items() if k not in params}
     dev = device_of(model)
 
     def log_prob(p, x, y):
-        logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
+        logits = functional_call(model, (p, fixed), (x.unsqueeze(0),))
         # gather, not indexing: indexing cannot be vmapped
         return torch.log_softmax(logits, -1)[0].gather(0, y.view(1))[0]
 
@@ -92,14 +115,16 @@ def _linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 @torch.no_grad()
-def gram_matrices(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 256
-                  ) -> dict[str, torch.Tensor]:
+def gram_matrices(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 256,
+                  layers: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """``G = X^T X`` of the inputs ``X`` (rows: every position of every example) of each linear
-    layer, in float64."""
+    layer (or of the named ``layers``), in float64."""
     checks.module(model)
     checks.tensor(inputs, "inputs")
     batch_size = checks.positive_int(batch_size, "batch_size")
-    layers = _linear_layers(model)
+    every = _linear_layers(model)
+    wanted = _check_keys(layers, every, "the model's linear layers")
+    layers = {n: m for n, m in every.items() if wanted is None or n in wanted}
     grams: dict[str, torch.Tensor] = {}
 
     def hook(name):
@@ -121,7 +146,8 @@ def gram_matrices(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int 
 
 
 def regmean(models: Sequence[torch.nn.Module], inputs: Sequence[torch.Tensor],
-            off_diagonal: float = 0.9) -> dict[str, torch.Tensor]:
+            off_diagonal: float = 0.9, keys: Collection[str] | None = None
+            ) -> dict[str, torch.Tensor]:
     """RegMean: for every linear layer ``y = x W^T``, the ``W`` that minimises
     ``sum_i ||X_i W^T - X_i W_i^T||^2``,
 
@@ -132,16 +158,25 @@ def regmean(models: Sequence[torch.nn.Module], inputs: Sequence[torch.Tensor],
     entries: ``off_diagonal < 1`` also keeps the system solvable where ``X^T X`` is singular (inputs
     that come out of a LayerNorm sum to zero over features, for instance). Every other parameter
     (biases, norms, embeddings) is averaged.
+
+    ``keys`` restricts the merge to those state-dict keys (the shared encoder's, when each model has
+    its own task head: each model still runs with its head, and the result holds ``keys`` only).
     """
     models = checks.non_empty(models, "models")
     for i, m in enumerate(models):
         checks.module(m, f"models[{i}]")
     inputs = _input_sets(inputs, len(models), "inputs")
     off_diagonal = checks.number(off_diagonal, "off_diagonal", low=0.0, high=1.0)
-    out = weighted_average([m.state_dict() for m in models])
-    grams = [gram_matrices(m, x) for m, x in zip(models, inputs)]
+    states = [m.state_dict() for m in models]
+    for i, state in enumerate(states):
+        _check_keys(keys, state, f"models[{i}]'s state dict")
+    keys = _check_keys(keys, states[0], "models[0]'s state dict")
+    out = weighted_average([{k: v for k, v in sd.items() if keys is None or k in keys} for sd in states])
+    merged_layers = [n for n in _linear_layers(models[0]) if keys is None or f"{n}.weight" in keys]
+    grams = [gram_matrices(m, x, layers=merged_layers) for m, x in zip(models, inputs)]
     layers = [_linear_layers(m) for m in models]
-    for name, layer in layers[0].items():
+    for name in merged_layers:
+        layer = layers[0][name]
         transposed = is_conv1d(layer)  # Conv1D computes x W with W of shape (in, out)
         weighted, total = 0, 0
         for model_layers, g in zip(layers, grams):
@@ -167,8 +202,23 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1).mean()  # -(1/B) sum_b sum_y p log p
 
 
-def adamerging(model: torch.nn.Module, pretrained: StateDict,
-               finetuned: Sequence[StateDict], unlabeled: Sequence[torch.Tensor],
+def _task_models(model, count: int | None) -> list[torch.nn.Module]:
+    """One model per task: ``model`` repeated, or the list given (one per task), checked."""
+    if isinstance(model, torch.nn.Module):
+        return [model] * (count or 1)
+    if not isinstance(model, (list, tuple)) or not model:
+        raise TypeError(f"model must be a torch.nn.Module or a list of them (one per task), got "
+                        f"{type(model).__name__}")
+    for i, m in enumerate(model):
+        checks.module(m, f"model[{i}]")
+    if count is not None and len(model) != count:
+        raise ValueError(f"got {len(model)} models for {count} fine-tuned state dicts (one per task)")
+    return list(model)
+
+
+def adamerging(model: torch.nn.Module | Sequence[torch.nn.Module],
+               pretrained: StateDict, finetuned: Sequence[StateDict],
+               unlabeled: Sequence[torch.Tensor],
                steps: int = 500, lr: float = 1e-3, lam: float = 0.3,
                batch_size: int = 16, seed: int = 0
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -178,13 +228,18 @@ def adamerging(model: torch.nn.Module, pretrained: StateDict,
 
         min_lam  sum_t E_{x in task t} H( softmax f(x; theta(lam)) )
 
-    ``model`` is any instance of the architecture (its weights are not used). Returns
-    the merged state dict and the coefficients of shape ``(tasks, parameter tensors)``;
-    buffers (BatchNorm statistics) are merged by task arithmetic with ``lam``.
+    ``model`` is any instance of the architecture (its weights are not used), or one
+    model per task (FusionBench's protocol: each task's entropy is that of its own
+    model, i.e. its own frozen head): the keys of ``pretrained`` (the shared encoder)
+    are merged and replaced in each model, every other parameter of a model (its
+    head) is its own. Returns the merged state dict (``pretrained``'s keys) and the
+    coefficients of shape ``(tasks, parameter tensors)``; buffers (BatchNorm
+    statistics) are merged by task arithmetic with ``lam``.
     """
     from torch.func import functional_call
 
-    checks.module(model)
+    count = len(finetuned) if isinstance(finetuned, (list, tuple)) else None
+    models = _task_models(model, count)  # one per task
     check_state_dicts([pretrained, *check_state_dicts(finetuned, "finetuned")])
     unlabeled = _input_sets(unlabeled, len(finetuned), "unlabeled input sets")
     steps, lr = checks.integer(steps, "steps", minimum=0), checks.positive(lr, "lr")
@@ -193,8 +248,11 @@ def adamerging(model: torch.nn.Module, pretrained: StateDict,
     generator = torch.Generator().manual_seed(checks.integer(seed, "seed"))
     stacked = {key: torch.stack([sd[key] for sd in finetuned]).sub_(value)  # (T, ...)
                for key, value in pretrained.items() if is_weight(value)}
-    learned = dict(model.named_parameters())
+    learned = dict(models[0].named_parameters())
     keys = [k for k in stacked if k in learned]
+    if not keys:
+        raise ValueError("pretrained shares no parameter with model: pass the "
+                         "architecture's state dict (or its encoder's)")
     # buffers (BatchNorm statistics) are not learned: task arithmetic with lam
     fixed = {k: v + lam * stacked[k].sum(0) if k in stacked and k not in learned
              else v.clone() for k, v in pretrained.items()}
@@ -211,13 +269,15 @@ def adamerging(model: torch.nn.Module, pretrained: StateDict,
             out[k] = pretrained[k] + (c_k * tau).sum(0)
         return out
 
-    with eval_mode(model):
+    with eval_mode(*set(models)):
         for _ in range(steps):
             params = merged(coeffs.clamp(0.0, 1.0))  # the paper's code clamps to [0, 1]
             loss = 0
-            for x in unlabeled:
+            for task_model, x in zip(models, unlabeled):
                 idx = torch.randint(len(x), (batch_size,), generator=generator)
-                logits = functional_call(model, {**fixed, **params}, (x[idx].to(dev),))
+                # the merged keys replace the model's; the rest (its head) stays its own
+                logits = functional_call(task_model, {**fixed, **params},
+                                         (x[idx].to(dev),))
                 loss = loss + prediction_entropy(logits)
             optimizer.zero_grad()
             loss.backward()

@@ -16,10 +16,15 @@ inputs, one tensor per fine-tuned model, passed as ``data``) and ``"models"`` (t
 themselves, to run them) for the others. Models can be passed wherever state dicts go: methods that
 need only weights take their ``state_dict()``; methods that need no data ignore ``data``, so one
 call fits every method (the arena chapter compares them all with it).
+
+**Only the keys of ``pretrained`` are merged.** FusionBench's protocol gives every task its own frozen
+head and merges the shared encoder: pass the encoder's state dict as ``pretrained`` and the task models
+(each with its head) as ``finetuned``. Weight-only methods then merge the encoders; Fisher and RegMean
+run each model with its own head on its own inputs; AdaMerging scores each task's entropy with that
+task's model. The result holds ``pretrained``'s keys; load it under each task's head to evaluate.
 """
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,14 +65,22 @@ def _state(model_or_state: nn.Module | Mapping) -> Mapping:
     return model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
 
 
+def _restricted(model_or_state, keys) -> dict:
+    """The entries of ``keys`` (``pretrained``'s) of a fine-tuned model or state dict."""
+    state = _state(model_or_state)
+    return {k: state[k] for k in keys}
+
+
 def _fisher(pretrained, finetuned, data, eps=1e-8, batch_size=64):
-    fishers = [diagonal_fisher(m, x, batch_size) for m, x in zip(finetuned, data)]
-    return fisher_merge([m.state_dict() for m in finetuned], fishers, eps=eps)
+    params = [k for k in pretrained if k in dict(finetuned[0].named_parameters())]
+    fishers = [diagonal_fisher(m, x, batch_size, keys=params) for m, x in zip(finetuned, data)]
+    return fisher_merge([_restricted(m, pretrained) for m in finetuned], fishers, eps=eps)
 
 
 def _adamerging(pretrained, finetuned, data, **hparams):
-    architecture = copy.deepcopy(finetuned[0])  # its weights are never used
-    merged, _ = adamerging(architecture, _state(pretrained), [m.state_dict() for m in finetuned],
+    # each task's entropy with its own model: the merged keys replace the model's, its other
+    # parameters (its own head) are used as they are; the models themselves are not changed
+    merged, _ = adamerging(list(finetuned), pretrained, [_restricted(m, pretrained) for m in finetuned],
                            data, **hparams)
     return merged
 
@@ -94,7 +107,7 @@ METHODS: dict[str, MergeMethod] = {m.name: m for m in [
     MergeMethod("fisher", "Matena & Raffel, 2022, NeurIPS; arXiv:2111.09832", ("models", "inputs"),
                 ("eps", "batch_size"), _fisher, "sum_t F_t theta_t / sum_t F_t, diagonal Fishers"),
     MergeMethod("regmean", "Jin et al., 2023, ICLR; arXiv:2212.09849", ("models", "inputs"),
-                ("off_diagonal",), lambda pre, fts, data, **hp: regmean(fts, data, **hp),
+                ("off_diagonal",), lambda pre, fts, data, **hp: regmean(fts, data, keys=pre, **hp),
                 "least squares on every linear layer's inputs"),
     MergeMethod("adamerging", "Yang et al., 2024, ICLR; arXiv:2310.02575", ("models", "inputs"),
                 ("steps", "lr", "lam", "batch_size", "seed"), _adamerging,
@@ -110,6 +123,9 @@ def merge(method: str | MergeMethod, pretrained, finetuned: Sequence, *, data=No
     ``data``: unlabeled inputs, one tensor per fine-tuned model, for the methods that need them
     (``METHODS[name].needs``); the others ignore it. ``hparams`` must be among the method's
     ``hparams``. ``pretrained`` may be ``None`` for ``"average"``.
+
+    Only ``pretrained``'s keys are merged (and returned): fine-tuned models or state dicts may hold
+    more, such as each task's own head (FusionBench's protocol: merge the encoder, keep the heads).
     """
     if not isinstance(method, MergeMethod):
         if not isinstance(method, str) or method not in METHODS:
@@ -133,10 +149,18 @@ def merge(method: str | MergeMethod, pretrained, finetuned: Sequence, *, data=No
         if bad:
             raise TypeError(f"{method.name} needs the fine-tuned models (nn.Module), not state "
                             f"dicts: it runs them on the data; got {bad[0]}")
-    else:
-        finetuned = [_state(m) for m in finetuned]
     if pretrained is None and method.name != "average":
         raise ValueError(f"method {method.name!r} needs the pretrained state dict (task vectors are "
                          f"relative to it)")
     pretrained = None if pretrained is None else _state(pretrained)
+    if pretrained is not None:
+        if not isinstance(pretrained, Mapping):
+            raise TypeError(f"pretrained must be a state dict or a model, got {type(pretrained).__name__}")
+        for i, m in enumerate(finetuned):
+            missing = sorted(set(pretrained) - set(_state(m)))
+            if missing:
+                raise ValueError(f"finetuned[{i}] lacks keys of pretrained: {missing[:5]} (only "
+                                 f"pretrained's keys are merged; are they the same architecture?)")
+    if "models" not in method.needs:
+        finetuned = [_state(m) if pretrained is None else _restricted(m, pretrained) for m in finetuned]
     return method.run(pretrained, finetuned, data, **hparams)
