@@ -234,3 +234,48 @@ def test_retrieval_objective_trains_the_query_map_with_fit(lm, loss):
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert not torch.equal(retriever.query_map.weight, before)
     assert all(torch.equal(v, frozen[k]) for k, v in model.state_dict().items())  # only W trained
+
+
+def test_in_batch_contrastive_loss_is_the_cross_entropy_of_the_diagonal():
+    from lfm_ref.retrieval.contrastive import in_batch_contrastive_loss
+    torch.manual_seed(0)
+    q, d = torch.randn(5, 8), torch.randn(5, 8)
+    scores = q @ d.T
+    expected = -(scores.log_softmax(-1).diagonal()).mean()
+    assert torch.allclose(in_batch_contrastive_loss(q, d), expected, atol=1e-6)
+    # aligned pairs far apart from the rest: the loss goes to zero
+    e = torch.eye(5) * 20
+    assert in_batch_contrastive_loss(e, e) < 1e-6
+    with pytest.raises(ValueError, match="document_embeddings"):
+        in_batch_contrastive_loss(q, d[:3])
+
+
+def test_train_contrastive_learns_to_retrieve_a_paraphrase(lm):
+    from lfm_ref.retrieval.contrastive import train_contrastive
+    model, tok = lm
+    facts = [f for f in WORLD.split("train") if f.relation == "born_in"][:40]
+    documents = [f.sentence(0) for f in facts]
+    retriever = DenseRetriever(model, tok, documents)
+    queries = [f.prompt(1) for f in facts]
+
+    def recall_at_1():
+        with torch.no_grad():
+            return (retriever.retrieve(queries, 1)[1][:, 0] == torch.arange(len(facts))).float().mean().item()
+
+    before, index = recall_at_1(), retriever.index.clone()
+    retriever.eval()  # it comes back in the mode it was given
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    pairs = [(f.prompt(a), f.sentence((a + 1) % 3)) for f in facts for a in range(3)]
+    losses = train_contrastive(retriever, pairs, steps=200, batch_size=32, lr=1e-2, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is untouched
+    assert not retriever.training and torch.equal(retriever.index, index)
+    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20
+    assert recall_at_1() > before
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # the encoder is frozen
+    with pytest.raises(TypeError, match="retriever must be a DenseRetriever"):
+        train_contrastive(model, pairs)
+    with pytest.raises(ValueError, match="pairs must be"):
+        train_contrastive(retriever, pairs[:1])
+    with pytest.raises(ValueError, match="batch_size"):
+        train_contrastive(retriever, pairs, batch_size=1)

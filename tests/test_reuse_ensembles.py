@@ -6,6 +6,7 @@ from torch import nn
 
 from lfm_ref.reuse.ensembles import (
     BatchEnsemble,
+    BatchEnsembleConv2d,
     BatchEnsembleLinear,
     LinearizedModel,
     StackingCombiner,
@@ -17,7 +18,7 @@ from lfm_ref.reuse.ensembles import (
     stacking_objective,
     tangent_compose,
 )
-from lfm_ref.zoo.models import TinyViT
+from lfm_ref.zoo.models import TinyCNN, TinyViT
 
 
 def test_averaging_and_voting():
@@ -73,6 +74,34 @@ def test_batch_ensemble_with_unit_fast_weights_is_the_base_model_and_the_loss_is
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
+def test_batch_ensemble_conv_is_a_rank_one_scaled_kernel_per_member():
+    torch.manual_seed(0)
+    layer = BatchEnsembleConv2d(nn.Conv2d(3, 4, 3, padding=1), n_members=2)
+    x = torch.randn(2 * 5, 3, 8, 8)
+    out = layer(x).view(2, 5, 4, 8, 8)
+    for i, xi in enumerate(x.view(2, 5, 3, 8, 8)):
+        # W_i = W o (s_i r_i^T) over (output, input) channels
+        w_i = layer.weight * layer.s[i].view(-1, 1, 1, 1) * layer.r[i].view(1, -1, 1, 1)
+        assert torch.allclose(out[i], F.conv2d(xi, w_i, layer.bias[i], padding=1), atol=1e-5)
+
+
+def test_random_sign_fast_weights_and_a_batch_ensemble_of_a_cnn_from_scratch():
+    be = BatchEnsemble(TinyCNN(width=4), 3, ["features.0.0", "features.1.0", "features.3.0", "head"],
+                       init="random_sign", seed=1)
+    layers = [m for m in be.modules() if isinstance(m, (BatchEnsembleConv2d, BatchEnsembleLinear))]
+    assert len(layers) == 4 and isinstance(layers[-1], BatchEnsembleLinear)
+    for layer in layers:
+        for fast in (layer.r, layer.s):
+            assert set(fast.unique().tolist()) <= {-1.0, 1.0}
+    # members differ from the start (different signs), and one call runs all of them
+    signs = [torch.cat([f[i] for layer in layers for f in (layer.r, layer.s)]) for i in range(3)]
+    assert not torch.equal(signs[0], signs[1]) and not torch.equal(signs[1], signs[2])
+    x = torch.rand(6, 1, 8, 8)
+    members = be.eval().members(x.expand(3, *x.shape))
+    assert members.shape == (3, 6, 10) and not torch.allclose(members[0], members[1])
+    assert torch.allclose(be(x), members.softmax(-1).mean(0).log(), atol=1e-5)
+
+
 def test_linearized_model_is_the_first_order_taylor_expansion():
     torch.manual_seed(0)
     vit = TinyViT(dim=32, depth=1, heads=2).eval()
@@ -123,6 +152,14 @@ def test_ensembles_bad_input():
         StackingCombiner(3, 4)(torch.randn(2, 5, 4))
     with pytest.raises(TypeError, match="nn.Linear"):
         BatchEnsembleLinear(nn.Conv2d(1, 1, 3), 2)
+    with pytest.raises(TypeError, match="nn.Conv2d"):
+        BatchEnsembleConv2d(nn.Linear(3, 2), 2)
+    with pytest.raises(ValueError, match="ungrouped"):
+        BatchEnsembleConv2d(nn.Conv2d(2, 2, 3, groups=2), 2)
+    with pytest.raises(ValueError, match="init must be"):
+        BatchEnsembleLinear(nn.Linear(3, 2), 2, init="uniform")
+    with pytest.raises(ValueError, match="members \\* batch rows"):
+        BatchEnsembleConv2d(nn.Conv2d(1, 1, 3), 2)(torch.randn(3, 1, 8, 8))
     with pytest.raises(ValueError, match="members \\* batch rows"):
         BatchEnsembleLinear(nn.Linear(3, 2), 2)(torch.randn(3, 3))
     with pytest.raises(ValueError, match="blocks.0.mpl"):

@@ -169,33 +169,41 @@ def rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
     return torch.from_numpy(np.clip(out, 0, 1).astype(np.float32))
 
 
-def rotation_task(angles, split: str = "train", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits rotated by ``angles`` degrees: one angle, or a sequence of them (a *mixture* domain: each
-    image gets one of the angles, in equal shares, in a seeded order). A family of related domains for
-    AdapterSoup (chapter 11c): rotations by nearby angles need compatible changes of the model."""
+def rotation_task(angles, split: str = "train",
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits rotated by ``angles`` degrees: one angle, or a sequence of them (a
+    *mixture* domain: each image gets one of the angles, in equal shares, in a seeded
+    order). A family of related domains for AdapterSoup (chapter 11c): rotations by
+    nearby angles need compatible changes of the model."""
     many = isinstance(angles, (tuple, list))
     angles = [checks.number(a, "angle") for a in (angles if many else [angles])]
     if not angles:
-        raise ValueError("angles must be an angle or a non-empty sequence of angles, got an empty sequence")
+        raise ValueError("angles must be an angle or a non-empty sequence of angles, "
+                         "got an empty sequence")
     x, y = digits_task("digits", split)
-    which = torch.arange(len(x)) % len(angles)
-    which = which[torch.randperm(len(x), generator=torch.Generator().manual_seed(checks.integer(seed, "seed", 0)))]
+    which = torch.arange(len(x)) % len(angles)  # equal shares ...
+    order = torch.Generator().manual_seed(checks.integer(seed, "seed", 0))
+    which = which[torch.randperm(len(x), generator=order)]  # ... in a seeded order
     out = x.clone()
     for i, angle in enumerate(angles):
         out[which == i] = rotate(x[which == i], angle)
     return out, y
 
 
-def similar_class_pairs(features: torch.Tensor, labels: torch.Tensor) -> tuple[tuple[int, int], ...]:
-    """Pairs of classes whose mean features are most alike (cosine), matched greedily: the superclasses
-    of a BREEDS-style sub-population shift (Santurkar et al., 2021) built from a model's own view."""
+def similar_class_pairs(features: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """Pairs of classes whose mean features are most alike (cosine), matched greedily:
+    the superclasses of a BREEDS-style sub-population shift (Santurkar et al., 2021)
+    built from a model's own view."""
     features = checks.tensor(features, "features", dim=2, floating=True)
     labels = checks.tensor(labels, "labels", dim=1, floating=False)
     classes = sorted(labels.unique().tolist())
     if len(classes) % 2:
-        raise ValueError(f"labels must hold an even number of classes to pair, got {len(classes)}")
-    means = torch.nn.functional.normalize(torch.stack([features[labels == c].mean(0) for c in classes]), dim=1)
-    sim = means @ means.T
+        raise ValueError(f"labels must hold an even number of classes to pair, "
+                         f"got {len(classes)}")
+    means = torch.stack([features[labels == c].mean(0) for c in classes])
+    means = torch.nn.functional.normalize(means, dim=1)
+    sim = means @ means.T  # (C, C) cosines
     sim.fill_diagonal_(-float("inf"))
     pairs, left = [], set(range(len(classes)))
     for flat in torch.argsort(sim.flatten(), descending=True).tolist():
@@ -206,14 +214,17 @@ def similar_class_pairs(features: torch.Tensor, labels: torch.Tensor) -> tuple[t
     return tuple(sorted(pairs))
 
 
-def subpopulation_task(pairs, part: str = "id", split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """A sub-population shift (BREEDS): superclass ``k`` is the pair ``pairs[k]`` of digits; the
-    in-distribution part ``"id"`` holds the first digit of every pair, ``"ood"`` the second. Labels are
-    superclass indices, so a model that learns the superclass from one member must transfer to the other."""
+def subpopulation_task(pairs, part: str = "id",
+                       split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """A sub-population shift (BREEDS): superclass ``k`` is the pair ``pairs[k]`` of
+    digits; the in-distribution part ``"id"`` holds the first digit of every pair,
+    ``"ood"`` the second. Labels are superclass indices, so a model that learns the
+    superclass from one member must transfer to the other."""
     part = checks.choice(part, "part", ("id", "ood"))
     if not isinstance(pairs, (tuple, list)) or not pairs or not all(
             isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
-        raise TypeError(f"pairs must be a sequence of (digit, digit) pairs, got {pairs!r:.80}")
+        raise TypeError(f"pairs must be a sequence of (digit, digit) pairs, "
+                        f"got {pairs!r:.80}")
     members = [p[0 if part == "id" else 1] for p in pairs]
     x, y = digits_task("digits", split)
     keep = torch.isin(y, torch.tensor(members))

@@ -34,21 +34,25 @@ GRID_SIZE = len(OPENINGS) * len(REQUESTS) * 2 * len(CLOSINGS)
 
 
 def instruction_templates(n: int = 32, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` distinct instruction templates (at most ``GRID_SIZE``, 128), drawn without replacement from
-    the slot grid.
+    """``n`` distinct instruction templates (at most ``GRID_SIZE``, 128), drawn
+    without replacement from the slot grid.
 
-    Each template is a dict ``{relation: "... {s} ..."}`` with the same opening, request, paraphrase
-    slot and closing for every relation, so a template is one "task phrasing" across the four
-    relations; ``{s}`` is the subject and the answer follows the text.
+    Each template is a dict ``{relation: "... {s} ..."}`` with the same opening,
+    request, paraphrase slot and closing for every relation, so a template is one
+    "task phrasing" across the four relations; ``{s}`` is the subject and the answer
+    follows the text.
 
-    >>> instruction_templates(2)[0]["born_in"]   # e.g. 'Task : name the town of {s} . Answer :'
+    >>> instruction_templates(2)[0]["born_in"]
+    'Task : name the town of {s} . Answer :'  # for example
     """
     grid = list(itertools.product(OPENINGS, REQUESTS, range(2), CLOSINGS))
     n = checks.integer(n, "n", minimum=1)
     if n > len(grid):
-        raise ValueError(f"n must be an int <= {len(grid)} (the slot grid's size), got {n}")
+        raise ValueError(f"n must be an int <= {len(grid)} (the slot grid's size), "
+                         f"got {n}")
     picked = random.Random(checks.integer(seed, "seed")).sample(grid, n)
-    return [{rel: f"{opening} {request} {RELATION_WORDS[rel][k]} {{s}} {closing}".strip() for rel in RELATIONS}
+    return [{rel: f"{opening} {request} {RELATION_WORDS[rel][k]} {{s}} {closing}"
+             .strip() for rel in RELATIONS}
             for opening, request, k, closing in picked]
 
 

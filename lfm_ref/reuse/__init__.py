@@ -18,6 +18,7 @@ from .connectivity import (
 )
 from .ensembles import (
                            BatchEnsemble,
+                           BatchEnsembleConv2d,
                            BatchEnsembleLinear,
                            LinearizedModel,
                            StackingCombiner,
@@ -45,7 +46,8 @@ from .merging import (
 from .merging_with_data import adamerging, diagonal_fisher, gram_matrices, prediction_entropy, regmean
 from .methods import METHODS, MergeMethod, merge
 
-__all__ = ["METHODS", "BatchEnsemble", "BatchEnsembleLinear", "BezierCurve", "LinearizedModel", "MergeMethod",
+__all__ = ["METHODS", "BatchEnsemble", "BatchEnsembleConv2d", "BatchEnsembleLinear", "BezierCurve", "LinearizedModel",
+           "MergeMethod",
            "StackingCombiner", "WeightEnsemblingMLP", "adamerging", "adapter_soup", "add_task_vectors",
            "average_probabilities", "barrier", "batch_ensemble_objective", "check_state_dicts", "dare", "dare_merge",
            "diagonal_fisher", "domain_similarity", "fedavg", "fisher_merge", "gram_matrices", "greedy_soup",

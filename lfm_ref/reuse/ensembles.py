@@ -3,9 +3,10 @@
 - :func:`average_probabilities` and :func:`majority_vote`: the classic combiners of members' predictions.
 - :class:`StackingCombiner`: stacked generalisation (Wolpert, 1992, Neural Networks 5(2)): a small model
   trained on held-out data to combine the members' log-probabilities.
-- :class:`BatchEnsembleLinear` and :func:`batch_ensemble`: BatchEnsemble (Wen, Tran & Ba, 2020, ICLR;
-  arXiv:2002.06715). Member ``i`` of a layer uses ``W_i = W * (s_i r_i^T)``, a shared weight times a rank-1
-  "fast weight", computed without forming ``W_i``: ``y = ((x * r_i) W^T) * s_i + b_i``.
+- :class:`BatchEnsembleLinear`, :class:`BatchEnsembleConv2d` and :class:`BatchEnsemble`: BatchEnsemble (Wen,
+  Tran & Ba, 2020, ICLR; arXiv:2002.06715). Member ``i`` of a layer uses ``W_i = W * (s_i r_i^T)``, a shared
+  weight times a rank-1 "fast weight", computed without forming ``W_i``: ``y = ((x * r_i) W^T) * s_i + b_i``
+  (for a convolution, ``r_i`` scales the input channels and ``s_i`` the output channels).
 - :class:`LinearizedModel` and :func:`tangent_compose`: Tangent Model Composition (Liu & Soatto, 2023,
   ICCV; arXiv:2307.08114). Components are fine-tuned in the tangent space of the pretrained model,
   ``f_lin(x; Delta) = f(x; theta_0) + J_theta f(x; theta_0) Delta``; since ``f_lin`` is linear in ``Delta``,
@@ -112,29 +113,45 @@ def stacking_objective():
 
 
 # ----- BatchEnsemble ----------------------------------------------------------------------------------
+def _fast_weights(n_members: int, n_in: int, n_out: int, init: str, init_std: float,
+                  generator: torch.Generator | None) -> tuple[nn.Parameter, nn.Parameter]:
+    """The fast weights ``r`` ``(members, n_in)`` and ``s`` ``(members, n_out)`` of a BatchEnsemble layer.
+
+    ``init="random_sign"``: entries +1 or -1 with equal probability, Wen et al.'s initialisation for
+    training from scratch (members start as different, equally scaled networks); ``"normal"``:
+    ``1 + init_std * N(0, 1)``, near the shared weights, for a pretrained start. Drawn from ``generator``
+    (seed 0 by default), never from the global stream.
+    """
+    init = checks.choice(init, "init", ("normal", "random_sign"))
+    init_std = checks.number(init_std, "init_std", low=0.0)
+    generator = torch.Generator().manual_seed(0) if generator is None else generator
+    if init == "random_sign":
+        r, s = (2.0 * torch.randint(0, 2, (n_members, n), generator=generator) - 1 for n in (n_in, n_out))
+    else:
+        r, s = (1 + init_std * torch.randn(n_members, n, generator=generator) for n in (n_in, n_out))
+    return nn.Parameter(r.float()), nn.Parameter(s.float())
+
+
 class BatchEnsembleLinear(nn.Module):
     """``y = ((x * r_i) W^T) * s_i + b_i`` for the rows of member ``i``.
 
     Inputs hold the members' rows one after another: ``(members * batch, ..., in_features)``. ``W`` is
     shared; ``r_i``, ``s_i`` (the rank-1 fast weight ``s_i r_i^T``) and ``b_i`` belong to member ``i``.
+    ``init="normal"`` starts the fast weights at ``1 + init_std * N(0, 1)`` (near the wrapped layer, for a
+    pretrained model); ``init="random_sign"`` at random signs, the paper's start for training from scratch.
     """
 
     def __init__(self, linear: nn.Linear, n_members: int, init_std: float = 0.5,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, init: str = "normal"):
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"BatchEnsembleLinear wraps an nn.Linear, got {type(linear).__name__}")
         self.n_members = checks.positive_int(n_members, "n_members")
-        init_std = checks.number(init_std, "init_std", low=0.0)
         self.weight = nn.Parameter(linear.weight.detach().clone())
         out_f, in_f = linear.weight.shape
         bias = linear.bias.detach() if linear.bias is not None else torch.zeros(out_f)
         self.bias = nn.Parameter(bias.clone().repeat(n_members, 1))
-        # fast weights near 1 (the paper draws them around 1 or as random signs); members start
-        # different. Drawn from ``generator`` (seed 0 by default), never from the global stream
-        generator = torch.Generator().manual_seed(0) if generator is None else generator
-        self.r = nn.Parameter(1 + init_std * torch.randn(n_members, in_f, generator=generator))
-        self.s = nn.Parameter(1 + init_std * torch.randn(n_members, out_f, generator=generator))
+        self.r, self.s = _fast_weights(n_members, in_f, out_f, init, init_std, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] % self.n_members:
@@ -147,25 +164,71 @@ class BatchEnsembleLinear(nn.Module):
         return y.view(*x.shape[:-1], -1)                           # (M * B, ..., out)
 
 
+class BatchEnsembleConv2d(nn.Module):
+    """A convolution with a rank-1 fast weight per member: ``y = conv(x * r_i, W) * s_i + b_i``, with
+    ``r_i`` over the input channels and ``s_i`` over the output channels (Wen et al., 2020, Sec. 3: the
+    convolutional form, ``W_i = W * (s_i r_i^T)`` over the channel dimensions).
+
+    Inputs hold the members' rows one after another: ``(members * batch, channels, H, W)``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, n_members: int, init_std: float = 0.5,
+                 generator: torch.Generator | None = None, init: str = "normal"):
+        super().__init__()
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"BatchEnsembleConv2d wraps an nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise ValueError(f"conv must be an ungrouped, zero-padded nn.Conv2d, got groups={conv.groups}, "
+                             f"padding_mode={conv.padding_mode!r}")
+        self.n_members = checks.positive_int(n_members, "n_members")
+        self.weight = nn.Parameter(conv.weight.detach().clone())
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        out_c, in_c = conv.weight.shape[:2]
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(out_c)
+        self.bias = nn.Parameter(bias.clone().repeat(n_members, 1))
+        self.r, self.s = _fast_weights(n_members, in_c, out_c, init, init_std, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[0] % self.n_members:
+            raise ValueError(f"BatchEnsembleConv2d expects members * batch rows "
+                             f"({self.n_members} members) of (channels, H, W), "
+                             f"got shape {tuple(x.shape)}")
+        m = self.n_members
+        per_channel = (m, 1, -1, 1, 1)  # (member, batch, channel, H, W)
+        xm = x.view(m, -1, *x.shape[1:]) * self.r.view(per_channel)  # x * r_i
+        # (x * r_i) conv W, every member's rows in one call
+        y = F.conv2d(xm.flatten(0, 1), self.weight, None, self.stride, self.padding,
+                     self.dilation)
+        y = y.view(m, -1, *y.shape[1:])
+        y = y * self.s.view(per_channel) + self.bias.view(per_channel)  # * s_i + b_i
+        return y.flatten(0, 1)  # (M * B, out, H', W')
+
+
 class BatchEnsemble(nn.Module):
-    """A model whose linear layers (those named in ``layers``) are BatchEnsemble layers; other layers are shared.
+    """A model whose linear and convolutional layers named in ``layers`` are BatchEnsemble layers; the other
+    layers (normalisation, pooling) are shared.
 
     :meth:`members` runs every member on its own inputs ``(members, batch, ...)`` and returns
     ``(members, batch, classes)``; calling the model on ``(batch, ...)`` gives every member the same
-    inputs and returns the log of the averaged probabilities (the ensemble's prediction).
+    inputs and returns the log of the averaged probabilities (the ensemble's prediction). Either way all
+    members travel in one batch through the shared weights: one forward pass, ``members`` times the rows.
+    ``init`` chooses the fast weights' start (see :class:`BatchEnsembleLinear`): ``"random_sign"`` for a
+    model trained from scratch (the paper's setting), ``"normal"`` around 1 for a pretrained one.
     """
 
-    def __init__(self, model: nn.Module, n_members: int, layers: Sequence[str], init_std: float = 0.5, seed: int = 0):
+    def __init__(self, model: nn.Module, n_members: int, layers: Sequence[str], init_std: float = 0.5, seed: int = 0,
+                 init: str = "normal"):
         super().__init__()
         if isinstance(layers, str) or len(layers) == 0:
-            raise ValueError(f"layers must be a non-empty list of nn.Linear names, got {layers!r}")
+            raise ValueError(f"layers must be a non-empty list of nn.Linear / nn.Conv2d names, got {layers!r}")
         n_members = checks.positive_int(n_members, "n_members")
         self.model, self.n_members = copy.deepcopy(model), n_members
         generator = torch.Generator().manual_seed(checks.integer(seed, "seed"))
         for name in layers:
-            linear = get_module(self.model, name)
-            layer = BatchEnsembleLinear(linear, n_members, init_std, generator)
-            set_module(self.model, name, layer.to(linear.weight.device))
+            old = get_module(self.model, name)
+            wrap = BatchEnsembleConv2d if isinstance(old, nn.Conv2d) else BatchEnsembleLinear
+            layer = wrap(old, n_members, init_std, generator, init)
+            set_module(self.model, name, layer.to(old.weight.device))
 
     def members(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.n_members:

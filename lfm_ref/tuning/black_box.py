@@ -171,58 +171,69 @@ class BlackBoxTuning:
 
 def learned_verbaliser(logp: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                        n_classes: int, screen: int = 1) -> torch.Tensor:
-    """PromptBoosting's verbaliser (Hou et al., 2023, Sec. 3.3), for every prompt at once: class ``c``
-    answers with the candidate word of the highest weighted mean log-probability on the training
-    inputs of class ``c``, ``v_c = argmax_v sum_{i: y_i = c} w_i log p(v | x_i, prompt) / sum_{i: y_i = c} w_i``.
+    """PromptBoosting's verbaliser (Hou et al., 2023, Sec. 3.3), all prompts at once.
 
-    ``logp``: ``(P, N, V)`` scores of ``V`` candidate words (``ScoreAPI.hard``); ``labels``: ``(N,)``
-    classes in ``[0, n_classes)``, which need not be candidate words; ``weights``: ``(N,)`` non-negative.
-    Returns ``(P, n_classes)`` word indices.
+    Class ``c`` answers with the candidate word of the highest weighted mean
+    log-probability on the training inputs of class ``c``:
+    ``v_c = argmax_v sum_{i: y_i=c} w_i log p(v | x_i, prompt) / sum_{i: y_i=c} w_i``
+    (``(P, C, V)`` class means below).
 
-    ``screen > 1`` adds the paper's screening by training accuracy, greedily: each class may take any of
-    its ``screen`` best-scoring words, and passes over the classes switch a class's word whenever that
-    raises the prompt's weighted training accuracy, until no single switch does (a local optimum of the
-    weighted accuracy among those assignments; the paper enumerates them, which 10 classes forbid)."""
+    ``logp``: ``(P, N, V)`` scores of ``V`` candidate words (``ScoreAPI.hard``);
+    ``labels``: ``(N,)`` classes in ``[0, n_classes)``, which need not be candidate
+    words; ``weights``: ``(N,)`` non-negative. Returns ``(P, n_classes)`` word indices.
+
+    ``screen > 1`` adds the paper's screening by training accuracy, greedily: each
+    class may take any of its ``screen`` best-scoring words, and passes over the
+    classes switch a class's word whenever that raises the prompt's weighted training
+    accuracy, until no single switch does (a local optimum among those assignments;
+    the paper enumerates them, which 10 classes forbid)."""
     checks.tensor(logp, "logp", dim=3, floating=True)
     n_classes = checks.integer(n_classes, "n_classes", minimum=2)
     labels = checks.class_indices(labels, "labels", n_classes)
     checks.tensor(weights, "weights", dim=1, floating=True)
     if labels.shape != (logp.shape[1],) or weights.shape != labels.shape:
-        raise ValueError(f"labels and weights must have one entry per text, shape ({logp.shape[1]},), got "
-                         f"{tuple(labels.shape)} and {tuple(weights.shape)}")
+        raise ValueError(f"labels and weights must have one entry per text, shape "
+                         f"({logp.shape[1]},), got {tuple(labels.shape)} and "
+                         f"{tuple(weights.shape)}")
     if (weights < 0).any():
         raise ValueError("weights must be non-negative")
-    per_class = nn.functional.one_hot(labels, n_classes).T.to(logp.dtype) * weights.to(logp.dtype)  # (C, N)
-    per_class = per_class / per_class.sum(1, keepdim=True).clamp_min(1e-30)  # weighted mean within a class
-    score = torch.einsum("cn,pnv->pcv", per_class, logp)  # (P, C, V)
+    w = weights.to(logp.dtype)
+    per_class = nn.functional.one_hot(labels, n_classes).T.to(logp.dtype) * w  # (C, N)
+    per_class = per_class / per_class.sum(1, keepdim=True).clamp_min(1e-30)
+    score = torch.einsum("cn,pnv->pcv", per_class, logp)  # (P, C, V) class means
     screen = min(checks.positive_int(screen, "screen"), logp.shape[-1])
     top = score.topk(screen, dim=-1).indices  # (P, C, screen), best first
     verbaliser = top[..., 0].clone()  # the likelihood step
     if screen == 1:
         return verbaliser
-    w = weights.to(logp.dtype)
     n = logp.shape[1]
-    screened = logp.gather(2, top.flatten(1)[:, None].expand(-1, n, -1)).view(len(logp), n, n_classes, screen)
-    chosen = torch.zeros(len(logp), n_classes, dtype=torch.long)  # position of each class's word in its screen
-    best = ((verbalised_predict(logp, verbaliser) == labels).to(logp.dtype) * w).sum(-1)  # (P,)
+    screened = logp.gather(2, top.flatten(1)[:, None].expand(-1, n, -1))
+    screened = screened.view(len(logp), n, n_classes, screen)  # (P, N, C, screen)
+    # position of each class's word in its screen
+    chosen = torch.zeros(len(logp), n_classes, dtype=torch.long)
+    right = verbalised_predict(logp, verbaliser) == labels
+    best = (right.to(logp.dtype) * w).sum(-1)  # (P,) weighted accuracy
     improved = True
-    while improved:  # every switch strictly raises an accuracy over finitely many assignments: it stops
-        improved = False
+    while improved:  # each switch strictly raises the accuracy, over finitely many
+        improved = False  # assignments: the loop stops
         for c in range(n_classes):
-            said = screened.gather(3, chosen[:, None, :, None].expand(-1, n, -1, 1)).squeeze(3)  # (P, N, C)
+            index = chosen[:, None, :, None].expand(-1, n, -1, 1)
+            said = screened.gather(3, index).squeeze(3)  # (P, N, C)
             said[:, :, c] = -math.inf
-            other, other_class = said.max(-1)  # the best other class of every input, (P, N)
-            trial = screened[:, :, c]  # (P, N, screen): class c's score with each screened word
-            # argmax_c' with class c's word switched (ties to the lower class, like argmax)
-            wins = (trial > other[..., None]) | ((trial == other[..., None]) & (c < other_class[..., None]))
+            other, other_class = said.max(-1)  # the best other class, (P, N)
+            trial = screened[:, :, c]  # (P, N, screen): class c with each word
+            # argmax_c' with class c's word switched (ties to the lower class)
+            wins = (trial > other[..., None]) | (
+                (trial == other[..., None]) & (c < other_class[..., None]))
             said_c = torch.where(wins, c, other_class[..., None])
-            acc = ((said_c == labels[:, None]).to(logp.dtype) * w[:, None]).sum(1)  # (P, screen)
+            right = said_c == labels[:, None]
+            acc = (right.to(logp.dtype) * w[:, None]).sum(1)  # (P, screen)
             gain, j = acc.max(1)
             better = gain > best + 1e-12
             if better.any():
-                chosen[better, c], best[better], improved = j[better], gain[better], True
-    verbaliser = top.gather(2, chosen[..., None]).squeeze(2)
-    return verbaliser
+                chosen[better, c], best[better] = j[better], gain[better]
+                improved = True
+    return top.gather(2, chosen[..., None]).squeeze(2)
 
 
 def verbalised_predict(logp: torch.Tensor, verbalisers: torch.Tensor) -> torch.Tensor:

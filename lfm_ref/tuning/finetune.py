@@ -57,10 +57,12 @@ def select_trainable(model: nn.Module, mode: str = "full", k: int = 1,
     return model
 
 
-def lp_ft(model: nn.Module, data, *, lp_steps: int, ft_steps: int, lp_lr: float, ft_lr: float,
-          head: str = "head", **fit_kwargs) -> tuple[list[float], list[float]]:
-    """LP-FT (Kumar et al., 2022): fit the head on frozen features, then fine-tune everything from it.
-    Returns both stages' losses; ``fit_kwargs`` go to both calls of :func:`lfm_ref.fit`."""
+def lp_ft(model: nn.Module, data, *, lp_steps: int, ft_steps: int, lp_lr: float,
+          ft_lr: float, head: str = "head", **fit_kwargs
+          ) -> tuple[list[float], list[float]]:
+    """LP-FT (Kumar et al., 2022): fit the head on frozen features, then fine-tune
+    everything from it (the paper's second stage uses a small ``ft_lr``). Returns both
+    stages' losses; ``fit_kwargs`` go to both calls of :func:`lfm_ref.fit`."""
     select_trainable(model, "linear_probe", head=head)
     probe_losses = fit(model, data, steps=lp_steps, lr=lp_lr, **fit_kwargs)
     select_trainable(model, "full", head=head)
