@@ -73,6 +73,11 @@ CASES = [
      r"n_tokens must be an int, got str \('8'\)"),
     ("tuning-prompt-init-ids-given-text", lambda: tuning.PromptTuning(_gpt2(), 2, init_ids="Paris"), TypeError,
      r"init_ids must be token ids \(a tensor or a list of ints\), got 'Paris'"),
+    ("tuning-prompt-placeholder-out-of-vocabulary", lambda: tuning.PromptTuning(_gpt2(), 2, placeholder_id=10**6),
+     ValueError, r"placeholder_id must be a token id in \[0, \d+\), got 1000000"),
+    ("tuning-prompt-placeholder-count-wrong",
+     lambda: tuning.PromptTuning(_gpt2(), 2, placeholder_id=1)(torch.tensor([[5, 1, 6]])), ValueError,
+     r"input_ids must hold 2 placeholder tokens \(id 1\) in every row, got \[1\]"),
     ("tuning-prompt-input-ids-given-floats", lambda: tuning.PromptTuning(_gpt2(), 2)(torch.zeros(1, 4)), TypeError,
      "input_ids must be an integer tensor, got dtype torch.float32"),
     ("tuning-bbt-init-prompt-given-a-list", lambda: tuning.BlackBoxTuning(_api()[0], [[0.0] * 16]), TypeError,
@@ -97,6 +102,21 @@ CASES = [
     ("tuning-boosting-pool-given-a-string", lambda: tuning.prompt_boosting(
         _api()[0], _api()[1], torch.tensor([0, 1, 2, 0]), "was born in", 2), TypeError,
      "pool must be a list of strings, got str"),
+    ("tuning-boosting-one-class", lambda: tuning.prompt_boosting(
+        _api()[0], _api()[1], torch.tensor([0, 1, 2, 0]), ["in"], 2, n_classes=1), ValueError,
+     "n_classes must be an int >= 2, got 1"),
+    ("tuning-boosting-screen-zero", lambda: tuning.prompt_boosting(
+        _api()[0], _api()[1], torch.tensor([0, 1, 2, 0]), ["in"], 2, screen=0), ValueError,
+     "screen must be an int >= 1, got 0"),
+    ("tuning-boosted-predict-verbalisers-missing", lambda: tuning.boosted_predict(
+        _api()[0], _api()[1], ["in"], [0], [], [1.0]), ValueError,
+     r"chosen must index the pool \(1 prompts\) with one verbaliser and one alpha each"),
+    ("tuning-verbaliser-negative-weights", lambda: tuning.black_box.learned_verbaliser(
+        torch.zeros(1, 4, 3), torch.tensor([0, 1, 0, 1]), -torch.ones(4), 2), ValueError,
+     "weights must be non-negative"),
+    ("tuning-verbaliser-label-out-of-range", lambda: tuning.black_box.learned_verbaliser(
+        torch.zeros(1, 4, 3), torch.tensor([0, 1, 0, 2]), torch.ones(4), 2), ValueError,
+     r"labels must hold class indices in \[0, 2\), got values from 0 to 2"),
     ("tuning-rl-prompt-one-sample", lambda: tuning.rl_prompt(_api()[0], _api()[1], torch.tensor([0, 1, 2, 0]),
                                                       tuning.PromptPolicy(["in", "born"]), steps=1, samples=1),
      ValueError, "samples must be an int >= 2, got 1"),

@@ -162,3 +162,24 @@ def test_prompt_wrappers_keep_the_models_mode_and_the_global_rng():
     assert not base.training  # the wrapped model follows the wrapper, as any submodule does
     model.train()
     assert all(m.training for m in base.modules())
+
+
+def test_prompt_inside_the_input_replaces_the_placeholders_in_order():
+    """P-tuning's placement (Liu et al., 2021, LAMA: ``x [P] y``): the k-th placeholder's embedding
+    becomes P_k; positions, mask and labels stay those of the input, and only P gets a gradient."""
+    base = tiny_gpt2()
+    model = PromptTuning(copy.deepcopy(base), n_tokens=2, placeholder_id=1, seed=0)
+    ids = torch.tensor([[5, 6, 1, 1, 7], [8, 1, 1, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    out = model(ids, mask, labels=ids.masked_fill(mask == 0, -100))
+    table = base.get_input_embeddings().weight.detach()
+    embeds = table[ids].clone()
+    embeds[0, 2:4] = model.prompt().detach()
+    embeds[1, 1:3] = model.prompt().detach()
+    with torch.no_grad():
+        expected = base(inputs_embeds=embeds, attention_mask=mask).logits
+    assert out.logits.shape[:2] == ids.shape
+    assert torch.allclose(out.logits, expected, atol=1e-5)
+    out.loss.backward()
+    assert model.prompt_embeddings.grad is not None and model.prompt_embeddings.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.model.parameters())

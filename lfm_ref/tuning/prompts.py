@@ -72,11 +72,22 @@ class PromptTuning(_PromptedLM):
     ``init_ids``: token ids whose embeddings initialise ``P`` (the paper's "sampled vocabulary" or a text's
     ids, repeated to length); random vocabulary tokens by default. ``encoder_hidden``: if set, P-tuning's
     reparameterisation ``P = MLP(P')`` with that hidden width (Liu et al., 2021).
+
+    ``placeholder_id``: if set, the prompt goes *inside* the input instead of before it, as in P-tuning's
+    templates ``[P_0..P_i] x [P_i+1..P_m] y`` (Liu et al., 2021, Section 3; LAMA: ``x [P] y``): every row of
+    ``input_ids`` holds exactly ``n_tokens`` copies of that token id, and their embeddings are replaced, in
+    order, by ``P``. The input keeps its positions, mask and labels.
     """
 
     def __init__(self, model: nn.Module, n_tokens: int = 8, init_ids: torch.Tensor | None = None,
-                 encoder_hidden: int | None = None, seed: int = 0):
+                 encoder_hidden: int | None = None, seed: int = 0, placeholder_id: int | None = None):
         super().__init__(model, n_tokens)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        if placeholder_id is not None:
+            placeholder_id = checks.integer(placeholder_id, "placeholder_id", minimum=0)
+            if placeholder_id >= vocab:
+                raise ValueError(f"placeholder_id must be a token id in [0, {vocab}), got {placeholder_id}")
+        self.placeholder_id = placeholder_id
         table = model.get_input_embeddings().weight
         if init_ids is None:
             g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
@@ -107,6 +118,8 @@ class PromptTuning(_PromptedLM):
     def forward(self, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
+        if self.placeholder_id is not None:
+            return self._forward_inside(input_ids, attention_mask, labels, **kwargs)
         mask = self._prepare(input_ids, attention_mask)
         embeds = self.model.get_input_embeddings()(input_ids)  # E(x), (B, n, d)
         prompt = self.prompt().to(embeds.dtype).expand(len(input_ids), -1, -1)  # P
@@ -119,6 +132,23 @@ class PromptTuning(_PromptedLM):
         # the input positions only, aligned with input_ids
         out.logits = out.logits[:, self.n_tokens:]
         return out
+
+    def _forward_inside(self, input_ids, attention_mask, labels, **kwargs):
+        """P-tuning's placement: the placeholder tokens' embeddings become ``P``."""
+        checks.tensor(input_ids, "input_ids", dim=2, floating=False)
+        slots = input_ids == self.placeholder_id  # (B, n)
+        counts = slots.sum(1)
+        if (counts != self.n_tokens).any():
+            raise ValueError(f"input_ids must hold {self.n_tokens} placeholder tokens "
+                             f"(id {self.placeholder_id}) in every row, got "
+                             f"{sorted(set(counts.tolist()))}")
+        embeds = self.model.get_input_embeddings()(input_ids)  # (B, n, d)
+        prompt = self.prompt().to(embeds.dtype)
+        prompt = prompt.expand(len(input_ids), -1, -1)  # (B, p, d)
+        # row by row, the k-th placeholder gets P_k
+        embeds = embeds.masked_scatter(slots[..., None].expand_as(embeds), prompt)
+        return self.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                          labels=labels, **kwargs)
 
 
 class HardPromptPEZ(PromptTuning):
