@@ -108,8 +108,8 @@ def test_digits_transforms_are_what_they_say():
 
 
 def test_digits_bad_input():
-    with pytest.raises(ValueError, match=r"unknown digits task 'rot180'; known tasks: \["):
-        digits_task("rot180")
+    with pytest.raises(ValueError, match=r"unknown digits task 'rot45'; known tasks: \["):
+        digits_task("rot45")
     with pytest.raises(ValueError, match="unknown split"):
         digits_task("digits", "valid")
 
