@@ -157,11 +157,10 @@ def _finetune_merge_task(task: str, steps: int = 300, lr: float = 3e-4, seed: in
 
     seed_everything(seed)
     model = task_head(load("tiny-vit", device="cpu"), task)
+    test = merge_task(task, "test")
+    zero_shot = evaluate(model, test)  # before fine-tuning: the foundation under the task's head
     history = fit(model, merge_task(task, "train"), steps=steps, batch_size=64, lr=lr, device="cpu", seed=seed)
-    metrics = {"test_accuracy": evaluate(model, merge_task(task, "test")),
-               "zero_shot_accuracy": evaluate(task_head(load("tiny-vit", device="cpu"), task),
-                                              merge_task(task, "test"))}
-    return model, history, metrics
+    return model, history, {"test_accuracy": evaluate(model, test), "zero_shot_accuracy": zero_shot}
 
 
 def task_head(model: TinyViT, task: str) -> TinyViT:
