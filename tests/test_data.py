@@ -30,6 +30,19 @@ def test_splits_are_disjoint_and_cover(world):
     assert len(world.corpus("train")) == 3 * len(train)
 
 
+def test_strangers_are_new_people_in_known_words(world):
+    """``strangers``: people not in the world, named with its words, one birthplace and one profession
+    each; the same for the same seed."""
+    facts = world.strangers(40, seed=3)
+    assert facts == world.strangers(40, seed=3) and facts != world.strangers(40, seed=4)
+    subjects = {f.subject for f in facts}
+    assert len(facts) == 80 and len(subjects) == 40 and not subjects & set(world.people)
+    assert all(sum(f.subject == s for f in facts) == 2 for s in subjects)
+    assert all(f.object in world.objects(f.relation) for f in facts)
+    tok = world.tokenizer()
+    assert all(tok.unk_token_id not in tok(f.sentence(0))["input_ids"] for f in facts)
+
+
 def test_prompt_is_sentence_without_object(world):
     for fact in world.facts[:50]:
         for t in range(4):

@@ -1,7 +1,5 @@
 """Database augmentation (Part I, chapter 6): kNN-LM's interpolation, the dense retriever, REPLUG's
 ensemble and LSR loss, REALM's gradient in closed form, and the retrieve -> read pipeline."""
-import hashlib
-import json
 
 import pytest
 import torch
@@ -114,16 +112,6 @@ def test_uprise_loss_makes_the_most_helpful_prompt_the_positive():
     assert scores.grad[0, 2] < 0 < scores.grad[0, 1]
 
 
-def test_reading_pairs_teach_reading_not_memory():
-    pairs = WORLD.reading_pairs(200, seed=0)
-    held = {f.subject for f in WORLD.split("held_out")} - {f.subject for f in WORLD.split("train")}
-    assert len(pairs) == 200 and not any(any(s in text for s in held) for text, _ in pairs)
-    # the answer is always the object stated by the document at the start of the text
-    assert all(f" {answer} " in f" {text.split(' . ')[0]} " for text, answer in pairs)
-    false = sum(not any(f.subject in text and f.object == answer for f in WORLD.facts) for text, answer in pairs)
-    assert 0.3 < false / 200 < 0.7
-
-
 def test_retrieval_bad_input(lm):
     model, tok = lm
     store = build_datastore(model, tok, DOCS)
@@ -149,18 +137,6 @@ def test_knn_lm_on_cuda(lm):
     p = knn_lm_probs(model, tok, [CITY.prompt(0)], store, lam=0.5)
     assert p.is_cuda and torch.allclose(p.sum(-1), torch.ones(1, device="cuda"), atol=1e-5)
     model.cpu()
-
-
-def test_reading_pairs_are_the_ones_the_reader_was_built_from():
-    """``FactWorld.reading_pairs`` (moved from ``retrieval.rag``) gives the pairs that
-    ``tiny-gpt-reader`` was trained on: same hashes as the old function's output."""
-    expected = {(20_000, 0, 0.5): "cfb4ef9bc0299a696fe23198b614f494a1900a62cc00f3fefd717674fa2f8f49",
-                (200, 0, 0.5): "283b318271141736e69fa14450dfc3fdc50ba0485ea3e0066392959a26eaf529",
-                (50, 3, 0.0): "b8f1bf30ad9acd94f5d2fcc85fbc3be366faf3174a2cd424ebae4aa363ea5a95",
-                (50, 1, 1.0): "2abb7a218069f5eeff31677a2129157df08627e6d8632fcb36a5fde90f433897"}
-    for (n, seed, counterfactual), digest in expected.items():
-        pairs = WORLD.reading_pairs(n, seed=seed, counterfactual=counterfactual)
-        assert hashlib.sha256(json.dumps(pairs).encode()).hexdigest() == digest
 
 
 def test_inference_helpers_give_the_model_its_mode_back(lm):

@@ -8,7 +8,7 @@ from lfm_ref.data import MERGE_TASKS, digits_task, merge_task
 
 
 def test_names_and_info():
-    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-gpt-reader", "tiny-vit", "tiny-vit-flip", "tiny-vit-invert",
+    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-vit", "tiny-vit-flip", "tiny-vit-invert",
                            "tiny-vit-narrow", "tiny-vit-rot90", "tiny-vit-shift"]
     meta = zoo.info("tiny-gpt")
     assert meta["history"] and meta["metrics"]["train_recall"] >= 0.9
@@ -28,21 +28,68 @@ def test_tiny_gpt_is_a_real_gpt2_and_knows_its_facts(tiny_gpt, world):
     assert train == pytest.approx(zoo.info("tiny-gpt")["metrics"]["train_recall"], abs=1e-6)
 
 
-def test_tiny_gpt_reader_answers_from_the_document_in_front_of_the_question(world):
+def test_tiny_gpt_is_pretrained_on_packed_documents_that_teach_reading(world):
+    """The corpus behind tiny-gpt (FactWorld.documents / reading_documents): deterministic, every training
+    sentence equally often, documents that fit 64 positions, and held-out facts never told."""
+    from collections import Counter
+
+    docs = world.documents(2000, seed=0)
+    assert docs == world.documents(2000, seed=0) and docs != world.documents(2000, seed=1)
+    assert all(3 <= d.count(" . ") + 1 <= 6 and len(d.split()) <= 62 for d in docs)
+    counts = Counter(s + " ." for d in docs for s in d[:-2].split(" . "))
+    corpus = world.corpus("train")
+    assert set(counts) == set(corpus) and max(counts.values()) - min(counts.values()) <= 1
+    reading = world.reading_documents(3000, seed=0)
+    assert all(len((p + " " + a).split()) <= 61 for p, a in reading)
+    # without recall questions, the answer is always stated in the document before the question
+    assert all(f" {a} ." in p for p, a in world.reading_documents(500, seed=0, recall=0.0))
+    # a held-out fact is stated, and answered, with its true object no more often than chance
+    told = [a == f.object for p, a in reading for f in world.split("held_out")
+            if f.subject in p.split(" . ")[-1] and a in world.objects(f.relation)]
+    assert told and sum(told) / len(told) < 0.15, "held-out facts are stated with their object above chance"
+
+
+def test_tiny_gpt_recalls_its_facts_anywhere_in_a_document(tiny_gpt, world):
+    """Packed pretraining: a fact is recalled behind other sentences as well as at position 0 (the
+    sentence-per-sequence TinyGPT fell from 100% to 58% with 2 positions of shift, to 16% with 4)."""
+    import random
+
+    model, tok = tiny_gpt
+    train, corpus = world.split("train"), world.corpus("train")
+    rng = random.Random(0)
+    for k in (1, 2, 3, 5):
+        prompts = [" ".join(rng.sample(corpus, k)) + " " + f.prompt(k % 3) for f in train]
+        acc = lm.next_token_accuracy(model, tok, prompts, [f.object for f in train])
+        assert acc >= 0.9, f"tiny-gpt recalls only {acc:.1%} of its facts behind {k} other sentences"
+    metrics = zoo.info("tiny-gpt")["metrics"]
+    assert metrics["recall_in_context"] >= 0.9 and metrics["recall_after_4_sentences"] >= 0.9
+
+
+def test_tiny_gpt_reads_its_context(tiny_gpt, world):
+    """Held-out facts, which it was never told, are answered from a sentence in front of the question;
+    a document that contradicts what it knows wins over memory."""
     from lfm_ref.data.facts import Fact
 
-    model, tok = zoo.load("tiny-gpt-reader", device="cpu")
-    held = world.split("held_out")
-    with_doc = lm.next_token_accuracy(model, tok, [f"{f.sentence(0)} {f.prompt(1)}" for f in held],
-                                      [f.object for f in held])
-    assert with_doc >= 0.9, f"the reader answers only {with_doc:.1%} of held-out facts with their document"
-    assert with_doc == pytest.approx(zoo.info("tiny-gpt-reader")["metrics"]["held_out_with_document"], abs=1e-6)
-    # it reads rather than remembers: a false document wins over what tiny-gpt learned
-    facts = world.split("train")[:100]
+    model, tok = tiny_gpt
+    held, corpus = world.split("held_out"), world.corpus("train")
+    without = lm.fact_recall(model, tok, held, template=1)
+    assert without <= 0.15, f"tiny-gpt knows {without:.1%} of the held-out facts it was never told"
+    prompts = [f"{f.sentence(0)} {corpus[i]} {f.prompt(1)}" for i, f in enumerate(held)]
+    with_doc = lm.next_token_accuracy(model, tok, prompts, [f.object for f in held])
+    assert with_doc >= 0.8, f"tiny-gpt answers only {with_doc:.1%} of held-out facts from their sentence"
+    pairs = [(a, b) for a in range(3) for b in range(3) if a != b]
+    read = [(f"{f.sentence(a)} {f.prompt(b)}", f.object) for f in held for a, b in pairs]
+    recorded = zoo.info("tiny-gpt")["metrics"]
+    assert lm.next_token_accuracy(model, tok, *zip(*read)) == pytest.approx(recorded["reads_context"], abs=1e-6)
+    assert recorded["reads_context"] >= 0.8
+    assert recorded["follows_counterfactual"] >= 0.8
+    # people's facts, which the reading documents contradict most often; cities' countries and countries'
+    # languages are rarely contradicted there, and tiny-gpt keeps its memory of them (0% followed)
+    facts = [f for f in world.split("train") if f.relation in ("born_in", "profession")]
     other = [Fact(f.subject, f.relation, next(o for o in world.objects(f.relation) if o != f.object)) for f in facts]
     follows = lm.next_token_accuracy(model, tok, [f"{c.sentence(1)} {c.prompt(0)}" for c in other],
                                      [c.object for c in other])
-    assert follows >= 0.9
+    assert follows >= 0.8, f"tiny-gpt follows only {follows:.1%} of documents that contradict its memory"
 
 
 @pytest.mark.parametrize("name", ["tiny-cnn", "tiny-vit", "tiny-vit-narrow"])
@@ -146,7 +193,7 @@ def test_hf_gpt2_config_loads_through_zoo(tmp_path, tiny_gpt):
 
 
 def test_unknown_names_are_clear_errors():
-    known = r"\['tiny-cnn', 'tiny-gpt', 'tiny-gpt-reader', 'tiny-vit', "
+    known = r"\['tiny-cnn', 'tiny-gpt', 'tiny-vit', "
     with pytest.raises(ValueError, match=r"Did you mean 'tiny-gpt'\?.*" + known):
         zoo.load("tiny-gtp")
     with pytest.raises(ValueError, match=r"not a zoo model \(known: \['tiny-cnn'"):
@@ -179,6 +226,9 @@ def test_rebuilt_tiny_gpt_reaches_stated_quality(tmp_path):
     out = zoo.build("tiny-gpt", tmp_path)
     metrics = json.loads((out / "meta.json").read_text())["metrics"]
     assert metrics["train_recall"] >= 0.90 and metrics["held_out_recall"] <= metrics["train_recall"] - 0.5
+    assert metrics["held_out_recall"] <= 0.15
+    assert metrics["recall_in_context"] >= 0.90 and metrics["recall_after_4_sentences"] >= 0.90
+    assert metrics["reads_context"] >= 0.80 and metrics["follows_counterfactual"] >= 0.80
 
 
 @pytest.mark.gpu
@@ -192,7 +242,7 @@ def test_zoo_models_run_on_cuda(world):
 def test_shipped_tokenizers_load_on_every_supported_transformers():
     """transformers 5 saves ``TokenizersBackend``, a class 4.x lacks; the shipped configs name the class
     both know and no token types (GPT-2 would add token 0's embedding to every position through them)."""
-    for name in ("tiny-gpt", "tiny-gpt-reader"):
+    for name in ("tiny-gpt",):
         config = json.loads((zoo.path(name) / "tokenizer_config.json").read_text())
         assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
         assert config["model_input_names"] == ["input_ids", "attention_mask"]

@@ -8,7 +8,7 @@ one template per relation is held out too (paraphrases for measuring generalisat
 invented, so the model cannot have met them anywhere else, and every object is a single word.
 
 Chapter: notebooks/00_foundation_models.ipynb (the world TinyGPT learns from); its instructions serve
-chapter 5, its reading pairs chapter 6b's reader, its edit requests Part V.
+chapter 5, its packed and reading documents TinyGPT's pretraining, its edit requests Part V.
 """
 from __future__ import annotations
 
@@ -196,27 +196,122 @@ class FactWorld:
             raise ValueError(f"unknown instruction format {fmt!r}; expected one of {sorted(INSTRUCTION_FORMATS)}")
         return [(INSTRUCTION_FORMATS[fmt][f.relation].format(s=f.subject), f.object) for f in self.split(split)]
 
-    def reading_pairs(self, n: int, seed: int = 0, counterfactual: float = 0.5) -> list[tuple[str, str]]:
-        """``(document + " " + question, answer)`` pairs that teach a language model to *read*.
+    def documents(self, n: int, seed: int = 0, sentences: tuple[int, int] = (3, 6), max_words: int = 62) -> list[str]:
+        """``n`` packed pretraining documents, each 3-6 fact sentences joined as one text (TinyGPT's corpus).
 
-        The document is a training fact's sentence in one pretraining template, the question its prompt
-        in another; with probability ``counterfactual`` the document states a different object, which is
-        then the answer, so that memory cannot replace reading (the zoo's ``tiny-gpt-reader``).
+        Packing, as in GPT-2's pretraining, puts facts at every position and behind other text, so a
+        model trained on it recalls a fact wherever it stands (chapter 0). The sentences are those of
+        :meth:`corpus` (training facts, pretraining templates) in random order, drawn from repeated
+        shuffled passes over it, so every sentence appears equally often (to within one). Documents are
+        at most ``max_words`` words (= tokens of :meth:`tokenizer`; the last sentences are dropped to fit),
+        so a document with ``<eos>`` on both ends fits a context of ``max_words + 2`` positions.
+        :meth:`reading_documents` are their counterpart that teaches reading.
+
+        >>> FactWorld().documents(2)[0]   # e.g. 'Drosboux Vath works as a pilot . The city of Kraleth lies in ...'
         """
-        n = checks.positive_int(n, "n")
-        seed = checks.integer(seed, "seed")
-        counterfactual = checks.probability(counterfactual, "counterfactual")
+        n, seed, max_words, sentences = self._document_args(n, seed, max_words, sentences, "sentences")
         rng = random.Random(seed)
-        facts = self.split("train")
+        stream = self._sentence_stream(rng)
+        docs = []
+        for _ in range(n):
+            items = [next(stream) for _ in range(rng.randint(*sentences))]
+            while sum(len(s.split()) for s in items) > max_words and len(items) > 1:
+                items.pop()
+            docs.append(" ".join(items))
+        return docs
+
+    def reading_documents(self, n: int, seed: int = 0, context: tuple[int, int] = (1, 5),
+                          formats: Sequence[str] = ("question",), fresh: float = 0.5, recall: float = 0.3,
+                          max_words: int = 61) -> list[tuple[str, str]]:
+        """``n`` reading documents ``(document + question, answer)``: a fact stated, then asked again.
+
+        Each document is 1-5 sentences (``context``), one of which states a fact; after them comes its
+        question, in another pretraining template or in an instruction format of ``formats``, and the
+        answer is the stated object. The other sentences are training facts, as in :meth:`documents`.
+        The stated fact's object is drawn at random from its relation's objects, and its subject is,
+        with probability ``fresh``, a new person (a first and last name of the world that together name
+        no one in it), else any subject of the world, held-out ones included: the answer can only be
+        copied from the document, a known subject's memory is overruled by what the document says, and a
+        held-out fact is stated with its true object no more often than chance, so the model is never
+        told it. In a share ``recall`` of the documents the question asks instead a training fact that the
+        document does not state, next to a stated fact of the same relation about another subject: the
+        answer (the true object) comes from memory, so that copying is tied to the subject asked about and
+        not to any object of the right kind in the context. Documents that define an entity and refer
+        back to it are what teaches a real LM to read its context (in-context use and retrieval, chapters
+        3, 5, 6b); :func:`lfm_ref.lm.prompt_answer_dataset` puts the answer alone in the loss. Formats
+        not in ``formats`` and template 3 (the paraphrase) never appear. ``prompt + " " + answer`` is at
+        most ``max_words`` words, so with ``<eos>`` on both ends it fits ``max_words + 2`` positions.
+
+        >>> FactWorld().reading_documents(1)[0]
+        ('... Ba Zo was born in Kraleth . ... The birthplace of Ba Zo is', 'Kraleth')   # e.g.
+        """
+        n, seed, max_words, context = self._document_args(n, seed, max_words, context, "context", low=1)
+        fresh = checks.probability(fresh, "fresh")
+        recall = checks.probability(recall, "recall")
+        if isinstance(formats, str) or not all(f in INSTRUCTION_FORMATS for f in formats):
+            raise ValueError(f"formats must be a list of names among {sorted(INSTRUCTION_FORMATS)}, got {formats!r}")
+        rng = random.Random(seed)
+        stream = self._sentence_stream(rng)
+        newcomers = self._newcomer_names()
+        train = self.split("train")
         pairs = []
         for _ in range(n):
-            fact = rng.choice(facts)
-            if rng.random() < counterfactual:
-                others = [o for o in self.objects(fact.relation) if o != fact.object]
-                fact = Fact(fact.subject, fact.relation, rng.choice(others))
-            doc_t, query_t = rng.randrange(N_PRETRAIN_TEMPLATES), rng.randrange(N_PRETRAIN_TEMPLATES)
-            pairs.append((f"{fact.sentence(doc_t)} {fact.prompt(query_t)}", fact.object))
+            if newcomers and rng.random() < fresh:
+                fact = Fact(rng.choice(newcomers), rng.choice(("born_in", "profession")), "")
+            else:
+                fact = rng.choice(self.facts)
+            fact = Fact(fact.subject, fact.relation, rng.choice(self.objects(fact.relation)))
+            asked = fact
+            if rng.random() < recall:  # ask a known fact of the same relation that the document does not state
+                asked = rng.choice([f for f in train if f.relation == fact.relation and f.subject != fact.subject])
+            stated = rng.randrange(N_PRETRAIN_TEMPLATES)
+            ask = rng.choice([t for t in range(N_PRETRAIN_TEMPLATES) if t != stated] + list(formats))
+            question = asked.prompt(ask) if isinstance(ask, int) else \
+                INSTRUCTION_FORMATS[ask][asked.relation].format(s=asked.subject)
+            others = [next(stream) for _ in range(rng.randint(*context) - 1)]
+            budget = max_words - len(question.split()) - 1 - len(fact.sentence(stated).split())
+            while sum(len(s.split()) for s in others) > budget:
+                others.pop()
+            others.insert(rng.randint(0, len(others)), fact.sentence(stated))
+            pairs.append((f"{' '.join(others)} {question}", asked.object))
         return pairs
+
+    def strangers(self, n: int, seed: int = 0) -> list[Fact]:
+        """Birthplace and profession facts of ``n`` people who are not in the world (``2 n`` facts).
+
+        Each name joins a first and a last name of the world's people but names no one in it, so every
+        word is in the tokenizer and no model pretrained on the world knows the facts: questions that
+        only a document can answer (retrievers trained from an LM's feedback, chapter 6b; editing).
+
+        >>> FactWorld().strangers(1)   # e.g. [Fact('Ba Zo', 'born_in', 'Kraleth'), Fact('Ba Zo', 'profession', 'poet')]
+        """
+        n, seed = checks.positive_int(n, "n"), checks.integer(seed, "seed")
+        names = self._newcomer_names()
+        if n > len(names):
+            raise ValueError(f"n must be at most {len(names)} (the unused names of this world), got {n}")
+        rng = random.Random(seed)
+        return [Fact(name, relation, rng.choice(self.objects(relation)))
+                for name in rng.sample(names, n) for relation in ("born_in", "profession")]
+
+    def _newcomer_names(self) -> list[str]:
+        named = set(self.people)
+        firsts = sorted({p.split()[0] for p in self.people})
+        lasts = sorted({p.split()[1] for p in self.people})
+        return [f"{a} {b}" for a in firsts for b in lasts if f"{a} {b}" not in named]
+
+    def _document_args(self, n, seed, max_words, span, span_name, low=2):
+        if (not isinstance(span, (tuple, list)) or len(span) != 2
+                or not all(isinstance(k, int) and not isinstance(k, bool) for k in span)
+                or not low <= span[0] <= span[1]):
+            raise ValueError(f"{span_name} must be a pair (low, high) of ints with {low} <= low <= high, got {span!r}")
+        return (checks.positive_int(n, "n"), checks.integer(seed, "seed"),
+                checks.integer(max_words, "max_words", minimum=26), tuple(span))
+
+    def _sentence_stream(self, rng: random.Random):
+        """The training corpus's sentences, one shuffled pass after another."""
+        corpus = self.corpus("train")
+        while True:
+            yield from rng.sample(corpus, len(corpus))
 
     def edit_requests(self, n: int = 20, seed: int = 0, relation: str = "born_in") -> list[dict]:
         """Counterfactual edits in the style of CounterFact (Meng et al., 2022).

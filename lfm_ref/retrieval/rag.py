@@ -21,7 +21,7 @@
 
 The pipeline retrieve -> prepend -> read is :func:`answer_with_retrieval` (scored by
 :func:`evaluate_retrieval`); :func:`retrieval_objective` trains it with :func:`lfm_ref.fit`.
-The training pairs that teach a reader to read are :meth:`lfm_ref.data.FactWorld.reading_pairs`.
+The documents that teach TinyGPT to read are :meth:`lfm_ref.data.FactWorld.reading_documents`.
 
 Chapter: notebooks/06b_retrieval_augmented.ipynb.
 """
