@@ -94,6 +94,8 @@ CASES = [
     ("data_lm-zoo-load-unknown-name", lambda: zoo.load("tiny-gtp"),
      ValueError, r"unknown zoo model 'tiny-gtp'. Did you mean 'tiny-gpt'\?"),
     ("data_lm-zoo-load-given-int", lambda: zoo.load(3), TypeError, "model name must be a string or a path, got int"),
+    ("data_lm-zoo-zero-shot-of-a-cnn", lambda: zoo.zero_shot(zoo.TinyCNN()), TypeError,
+     "model must be a TinyViT .*got TinyCNN"),
     ("data_lm-digits-task-unknown", lambda: digits_task("rot45"),
      ValueError, r"unknown digits task 'rot45'; known tasks: \["),
     ("data_lm-merge-task-unknown", lambda: merge_task("digits"),

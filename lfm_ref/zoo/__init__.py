@@ -31,13 +31,13 @@ import torch
 
 from ..data.digits import MERGE_TASKS  # the merging chapters' tasks, each with its own label space
 from ..lm import name_causal_lm_loss
-from ..utils import count_parameters, random_state_kept, seed_everything
+from ..utils import count_parameters, device_of, eval_mode, random_state_kept, seed_everything
 from ..utils import device as default_device
 from .models import HFImageClassifier, TinyCNN, TinyMLP, TinyViT
 
 __all__ = ["HFImageClassifier", "MERGE_TASKS", "REAL_MODELS", "TinyCNN", "TinyMLP", "TinyViT", "ZOO", "build",
            "default_build_dir", "encoder_state", "hub_reachable", "info", "load", "load_real", "names", "path", "save",
-           "task_head", "task_model"]
+           "task_head", "task_model", "zero_shot"]
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 META = "meta.json"
@@ -48,19 +48,22 @@ def _cache_dir() -> Path:
 
 
 # ----- recipes: how each zoo model is grown ------------------------------------------------------
-def _build_tiny_gpt(seed: int = 0, plain_steps: int = 1200, mixed_steps: int = 2400, reading_share: float = 0.5,
-                    batch_size: int = 32):
-    """GPT-2, 4 layers of width 128, pretrained on packed documents of the fact world (chapter 0).
+def _build_tiny_gpt(seed: int = 0, plain_steps: int = 1200, mixed_steps: int = 2400,
+                    reading_share: float = 0.5, batch_size: int = 32):
+    """GPT-2, 4 layers of width 128, pretrained on packed documents of the fact world
+    (chapter 0).
 
-    Stage 1 (``plain_steps``): documents of 3-6 training facts' sentences (:meth:`FactWorld.documents`),
-    the loss on every token, so it memorises the facts at every position and behind other text. Stage 2
-    (``mixed_steps``, at a lower learning rate, as in the mid-training of real LMs): a
-    ``reading_share`` of the batches are reading documents (:meth:`FactWorld.reading_documents`: a fact
-    stated with a random object, asked again later; the loss on the answer), the rest plain documents
-    again, so it learns to answer from its context without forgetting (an earlier reader, fine-tuned on
-    reading alone, forgot 94% of its facts). A batch holds one kind of document: in a mixed batch the one
-    answer token of a reading document weighs 1/40 of a plain document, and reading was not learned in
-    3,000 steps; nor from scratch, before the facts and names have representations to match.
+    Stage 1 (``plain_steps``): documents of 3-6 training facts' sentences
+    (:meth:`FactWorld.documents`), the loss on every token, so it memorises the facts at
+    every position and behind other text. Stage 2 (``mixed_steps``, at a lower learning
+    rate, as in the mid-training of real LMs): a ``reading_share`` of the batches are
+    reading documents (:meth:`FactWorld.reading_documents`: a fact stated with a random
+    object, asked again later; the loss on the answer), the rest plain documents again,
+    so it learns to answer from its context without forgetting (an earlier reader,
+    fine-tuned on reading alone, forgot 94% of its facts). A batch holds one kind of
+    document: in a mixed batch the one answer token of a reading document weighs 1/40 of
+    a plain document, and reading was not learned in 3,000 steps; nor from scratch,
+    before the facts and names have representations to match.
     """
     import random
 
@@ -85,55 +88,70 @@ def _build_tiny_gpt(seed: int = 0, plain_steps: int = 1200, mixed_steps: int = 2
     generator = torch.Generator().manual_seed(seed)
 
     def batches(data, n: int) -> list[dict]:
-        # batches of similar lengths, each cut to its longest row, so short documents are not padded to 64
+        # batches of similar lengths, each cut to its longest row (no padding to 64)
         lengths = data.tensors["attention_mask"].sum(1)
         order, out = torch.randperm(len(lengths), generator=generator), []
         for chunk in order.split(50 * batch_size):
             chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
-            out += [{k: v[b, :int(lengths[b].max())] for k, v in data.tensors.items()} for b in chunk.split(batch_size)]
+            out += [{k: v[b, :int(lengths[b].max())] for k, v in data.tensors.items()}
+                    for b in chunk.split(batch_size)]
         return out[:n]
 
     def shuffled(parts: list[dict]) -> DataLoader:
-        return DataLoader([parts[i] for i in torch.randperm(len(parts), generator=generator)], batch_size=None,
+        order = torch.randperm(len(parts), generator=generator)
+        return DataLoader([parts[i] for i in order], batch_size=None,
                           collate_fn=lambda b: b)
+
+    def train(parts: list[dict], lr: float) -> list[float]:
+        return fit(model, shuffled(parts), lr=lr, weight_decay=0.01, warmup=100,
+                   clip_grad=1.0, device="cpu", seed=seed)
 
     n_reading = round(reading_share * mixed_steps)
     n_plain = plain_steps + mixed_steps - n_reading
-    plain = batches(lm.lm_dataset(tokenizer, world.documents(n_plain * batch_size, seed=seed)), n_plain)
-    reading = lm.prompt_answer_dataset(tokenizer, world.reading_documents(n_reading * batch_size, seed=seed + 1,
-                                                                          context=(1, 3), recall=0.4))
-    history = fit(model, shuffled(plain[:plain_steps]), lr=3e-3, weight_decay=0.01, warmup=100, clip_grad=1.0,
-                  device="cpu", seed=seed)
-    history += fit(model, shuffled(plain[plain_steps:] + batches(reading, n_reading)), lr=2e-3, weight_decay=0.01,
-                   warmup=100, clip_grad=1.0, device="cpu", seed=seed)
+    documents = world.documents(n_plain * batch_size, seed=seed)
+    plain = batches(lm.lm_dataset(tokenizer, documents), n_plain)
+    reading = lm.prompt_answer_dataset(tokenizer, world.reading_documents(
+        n_reading * batch_size, seed=seed + 1, context=(1, 3), recall=0.4))
+    history = train(plain[:plain_steps], lr=3e-3)  # stage 1: plain documents
+    # stage 2: plain and reading batches, mixed
+    history += train(plain[plain_steps:] + batches(reading, n_reading), lr=2e-3)
 
     # what tiny-gpt is held to (tests/test_zoo.py)
     rng = random.Random(seed + 2)
-    train, held_out, corpus = world.split("train"), world.split("held_out"), world.corpus("train")
+    train_facts, held_out = world.split("train"), world.split("held_out")
+    corpus = world.corpus("train")
 
-    def behind(k: int) -> list[str]:  # each training fact's prompt after k other training sentences
-        return [" ".join(rng.sample(corpus, k)) + " " + f.prompt(rng.randrange(N_PRETRAIN_TEMPLATES)) for f in train]
+    def behind(k: int) -> list[str]:  # each fact's prompt after k other sentences
+        return [" ".join(rng.sample(corpus, k)) + " "
+                + f.prompt(rng.randrange(N_PRETRAIN_TEMPLATES)) for f in train_facts]
 
-    def next_object(f: Fact) -> Fact:  # a document that contradicts what the model knows
+    def next_object(f: Fact) -> Fact:  # a document that contradicts the model
         objects = world.objects(f.relation)
-        return Fact(f.subject, f.relation, objects[(objects.index(f.object) + 1) % len(objects)])
+        return Fact(f.subject, f.relation,
+                    objects[(objects.index(f.object) + 1) % len(objects)])
 
-    pairs = [(a, b) for a in range(N_PRETRAIN_TEMPLATES) for b in range(N_PRETRAIN_TEMPLATES) if a != b]
-    read = [(f"{f.sentence(a)} {f.prompt(b)}", f.object) for f in held_out for a, b in pairs]
+    templates = range(N_PRETRAIN_TEMPLATES)
+    pairs = [(a, b) for a in templates for b in templates if a != b]
+    read = [(f"{f.sentence(a)} {f.prompt(b)}", f.object)
+            for f in held_out for a, b in pairs]
     false = [(f"{c.sentence(a)} {c.prompt(b)}", c.object)
-             for c in map(next_object, train) for a, b in [rng.choice(pairs)]]
-    objects = [f.object for f in train]
+             for c in map(next_object, train_facts) for a, b in [rng.choice(pairs)]]
+    objects = [f.object for f in train_facts]
+
+    def accuracy(prompts, answers) -> float:
+        return lm.next_token_accuracy(model, tokenizer, prompts, answers)
+
     metrics = {
-        "train_recall": lm.fact_recall(model, tokenizer, train),
+        "train_recall": lm.fact_recall(model, tokenizer, train_facts),
         "held_out_recall": lm.fact_recall(model, tokenizer, held_out),
-        "paraphrase_recall": lm.fact_recall(model, tokenizer, train, template=3),
-        # the prompt (a pretraining template) after 1 or 2, and after 4, other training sentences
-        "recall_in_context": lm.next_token_accuracy(model, tokenizer, behind(1) + behind(2), objects + objects),
-        "recall_after_4_sentences": lm.next_token_accuracy(model, tokenizer, behind(4), objects),
-        # held-out facts stated in one pretraining template and asked in another (all 6 pairs)
-        "reads_context": lm.next_token_accuracy(model, tokenizer, *zip(*read)),
+        "paraphrase_recall": lm.fact_recall(model, tokenizer, train_facts, template=3),
+        # a pretraining prompt after 1 or 2, and after 4, other training sentences
+        "recall_in_context": accuracy(behind(1) + behind(2), objects + objects),
+        "recall_after_4_sentences": accuracy(behind(4), objects),
+        # held-out facts stated in one pretraining template and asked in another
+        "reads_context": accuracy(*zip(*read)),
         # a training fact stated with another object: the document wins over memory
-        "follows_counterfactual": lm.next_token_accuracy(model, tokenizer, *zip(*false)),
+        "follows_counterfactual": accuracy(*zip(*false)),
     }
     return (model, tokenizer), history, metrics
 
@@ -152,12 +170,26 @@ def _build_digits(cls, seed: int = 0, epochs: int = 40, lr: float = 3e-3, weight
     return model, history, metrics
 
 
-def _zero_shot(model) -> dict[str, float]:
-    """Accuracy on each merge task's test split with the task's own (restricted, untuned) head."""
-    from ..data import MERGE_TASKS, merge_task
-    from ..train import evaluate
+def zero_shot(model: TinyViT) -> tuple[dict[str, float], float]:
+    """A vision foundation model on the merge tasks, untuned: each task's test accuracy under its own
+    (restricted, frozen) head (:func:`task_head`), and the AUROC of its confidence (the top probability)
+    for telling right from wrong answers over all of them (0.5: confidence means nothing). Chapter 0."""
+    from sklearn.metrics import roc_auc_score
 
-    return {f"zero_shot_{task}": evaluate(task_head(model, task), merge_task(task, "test")) for task in MERGE_TASKS}
+    from ..data import MERGE_TASKS, merge_task
+
+    if not isinstance(model, TinyViT):
+        raise TypeError(f"model must be a TinyViT (a zoo vision foundation model), got {type(model).__name__}")
+    accuracy, right, confidence = {}, [], []
+    with eval_mode(model), torch.no_grad():
+        for task in MERGE_TASKS:
+            x, y = merge_task(task, "test")
+            probs = task_head(model, task)(x.to(device_of(model))).softmax(-1).cpu()
+            hits = probs.argmax(-1) == y
+            accuracy[task] = hits.float().mean().item()
+            right += hits.tolist()
+            confidence += probs.max(-1).values.tolist()
+    return accuracy, float(roc_auc_score(right, confidence))
 
 
 def _build_broad_vit(seed: int = 0, epochs: int = 30):
@@ -173,7 +205,8 @@ def _build_broad_vit(seed: int = 0, epochs: int = 30):
     history = fit(model, broad_pretraining_set("train"), epochs=epochs, batch_size=64, lr=1e-3,
                   weight_decay=0.05, warmup=300, clip_grad=1.0, device="cpu", seed=seed)
     metrics = {"test_accuracy": evaluate(model, digits_task("digits", "test")),
-               "pretraining_test_accuracy": evaluate(model, broad_pretraining_set("test")), **_zero_shot(model)}
+               "pretraining_test_accuracy": evaluate(model, broad_pretraining_set("test")),
+               **{f"zero_shot_{t}": a for t, a in zero_shot(model)[0].items()}}
     return model, history, metrics
 
 
