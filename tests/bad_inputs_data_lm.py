@@ -161,6 +161,6 @@ CASES = [
     ("data_lm-reading-documents-empty-context", lambda: _world().reading_documents(5, context=(0, 2)),
      ValueError, r"context must be a pair \(low, high\) of ints with 1 <= low <= high, got \(0, 2\)"),
     ("data_lm-strangers-more-than-names", lambda: _world().strangers(10**6),
-     ValueError, r"n must be at most \d+ \(the unused names of this world\), got 1000000"),
+     ValueError, r"n must be an int between 1 and the unused names of this world \(\d+\), got 1000000"),
     ("data_lm-strangers-zero", lambda: _world().strangers(0), ValueError, r"n must be .*got 0"),
 ]

@@ -20,6 +20,7 @@ from functools import cached_property
 from .. import checks
 
 RELATIONS = ("born_in", "profession", "country", "language")
+PERSON_RELATIONS = ("born_in", "profession")  # the facts about people, the only ones held out
 
 # The first templates of each relation are used in pretraining; the last one never is (a paraphrase).
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -257,7 +258,7 @@ class FactWorld:
         pairs = []
         for _ in range(n):
             if newcomers and rng.random() < fresh:
-                fact = Fact(rng.choice(newcomers), rng.choice(("born_in", "profession")), "")
+                fact = Fact(rng.choice(newcomers), rng.choice(PERSON_RELATIONS), "")
             else:
                 fact = rng.choice(self.facts)
             fact = Fact(fact.subject, fact.relation, rng.choice(self.objects(fact.relation)))
@@ -285,13 +286,11 @@ class FactWorld:
 
         >>> FactWorld().strangers(1)   # e.g. [Fact('Ba Zo', 'born_in', 'Kraleth'), Fact('Ba Zo', 'profession', 'poet')]
         """
-        n, seed = checks.positive_int(n, "n"), checks.integer(seed, "seed")
         names = self._newcomer_names()
-        if n > len(names):
-            raise ValueError(f"n must be at most {len(names)} (the unused names of this world), got {n}")
-        rng = random.Random(seed)
+        n = checks.int_between(n, "n", 1, len(names), "the unused names of this world")
+        rng = random.Random(checks.integer(seed, "seed"))
         return [Fact(name, relation, rng.choice(self.objects(relation)))
-                for name in rng.sample(names, n) for relation in ("born_in", "profession")]
+                for name in rng.sample(names, n) for relation in PERSON_RELATIONS]
 
     def _newcomer_names(self) -> list[str]:
         named = set(self.people)
