@@ -1,12 +1,13 @@
 """Addressing a model's modules by name: finding and replacing them, and reading their activations.
 
-Chapter: notebooks/02a_lora.ipynb (LoRA addresses layers by name; adapters, merging and editing too).
+Chapter: notebooks/02a_lora.ipynb (LoRA addresses layers by name; adapters, merging and editing too);
+capturing inputs, patching outputs and the Conv1D-aware weight view serve Part V (model editing).
 """
 from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -62,3 +63,57 @@ def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def capture_inputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Like :func:`capture_outputs`, for the first positional *input* of each named module: the keys
+    ``k`` that ROME and MEMIT read at an MLP's output projection, or the hidden state GRACE compares
+    with its codebook."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of module names, not a single string, got str ({names!r:.60})")
+    inputs: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            def hook(module, args, name=name):
+                inputs[name] = args[0]
+            handles.append(get_module(model, name).register_forward_pre_hook(hook))
+        yield inputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def patch_outputs(model: nn.Module, patches: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Within the block, the output of each named module goes through ``patches[name](output)`` and
+    what that returns replaces it: for causal tracing (restore one hidden state from a clean run),
+    for suppressing or amplifying neurons, for an editor that changes one layer's output.
+
+    A module that returns a tuple (a Hugging Face block) passes the tuple; the function returns one.
+    """
+    if not isinstance(patches, dict) or not all(callable(f) for f in patches.values()):
+        raise TypeError(f"patches must be a dict of module name -> function(output) -> output, "
+                        f"got {type(patches).__name__}")
+    handles = []
+    try:
+        for name, fn in patches.items():
+            handles.append(get_module(model, name).register_forward_hook(
+                lambda module, args, output, fn=fn: fn(output)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight of an ``nn.Linear`` or of GPT-2's ``Conv1D`` as a ``(out_features, in_features)``
+    matrix ``W`` with ``y = W x + b``: the weight itself for ``nn.Linear``, a transposed **view** for
+    ``Conv1D`` (which stores ``in x out``). Writing into it writes the module's weight, so an editor
+    states its update once, as the paper does, for both layer types."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if is_conv1d(module):
+        return module.weight.T  # Conv1D: y = x @ weight + bias, weight (in, out) -> view (out, in)
+    raise TypeError(f"expected an nn.Linear or GPT-2's Conv1D, got {type(module).__name__}")

@@ -112,14 +112,19 @@ def next_token_logits(model, tokenizer, prompts: Sequence[str], batch_size: int 
     return torch.cat(out)
 
 
-def next_token_accuracy(model, tokenizer, prompts: Sequence[str], targets: Sequence[str]) -> float:
-    """Fraction of prompts whose greedy next token is the target (each target one token)."""
+def next_token_hits(model, tokenizer, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
+    """For each prompt, whether its greedy next token is its target (each target one token), shape
+    ``(len(prompts),)``, on the CPU: the per-prompt view of :func:`next_token_accuracy`."""
     prompts, targets = checks.texts(prompts, "prompts"), checks.texts(targets, "targets")
     if len(prompts) != len(targets):
         raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
     answers = target_ids(tokenizer, targets)
-    predicted = next_token_logits(model, tokenizer, prompts).argmax(-1).cpu()
-    return (predicted == answers).float().mean().item()
+    return next_token_logits(model, tokenizer, prompts).argmax(-1).cpu() == answers
+
+
+def next_token_accuracy(model, tokenizer, prompts: Sequence[str], targets: Sequence[str]) -> float:
+    """Fraction of prompts whose greedy next token is the target (each target one token)."""
+    return next_token_hits(model, tokenizer, prompts, targets).float().mean().item()
 
 
 def fact_recall(model, tokenizer, facts, template: int = 0) -> float:

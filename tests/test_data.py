@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lfm_ref.data import DIGITS_TASKS, RELATIONS, FactWorld, digits_task
+from lfm_ref.data import DIGITS_TASKS, RELATIONS, EditRequest, Fact, FactWorld, digits_task
 
 
 def test_same_seed_same_world_other_seed_other_world():
@@ -72,13 +72,17 @@ def test_every_object_is_one_token(world):
 def test_edit_requests_are_counterfactual(world):
     requests = world.edit_requests(n=10, seed=0)
     assert len(requests) == 10 and requests == world.edit_requests(n=10, seed=0)
+    edited = {r.subject for r in requests}
     for r in requests:
-        assert r["target_new"] != r["target_true"]
-        assert world.lookup(r["subject"], "born_in") == r["target_true"]
-        assert len(r["paraphrase_prompts"]) == 3 and all(r["subject"] in p for p in r["paraphrase_prompts"])
-        assert r["neighborhood_prompts"]
-        for prompt, obj in r["neighborhood_prompts"]:
-            assert obj == r["target_true"] and r["subject"] not in prompt
+        assert isinstance(r, EditRequest) and r.target_new != r.target_true
+        assert world.lookup(r.subject, "born_in") == r.target_true
+        assert len(r.paraphrases) == 3 and all(r.subject in p for p in r.paraphrases)
+        assert r.paraphrases[-1] == Fact(r.subject, "born_in", "").prompt(3)  # the held-out template
+        assert r.neighbours
+        for prompt, obj in r.neighbours:
+            # a neighbour keeps the edited object and is no request's subject: editing all ten at once
+            # leaves every neighbour's fact as it was
+            assert obj == r.target_true and not any(s in prompt for s in edited)
 
 
 def test_fact_world_bad_input(world):
@@ -94,6 +98,8 @@ def test_fact_world_bad_input(world):
         world.instructions("poem")
     with pytest.raises(ValueError, match=r"n must lie in \[1, "):
         world.edit_requests(n=0)
+    with pytest.raises(ValueError, match=r"n must lie in \[1, "):
+        world.edit_requests(n=200)
     with pytest.raises(KeyError):
         world.lookup("Nobody", "born_in")
 

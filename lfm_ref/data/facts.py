@@ -98,6 +98,54 @@ class Fact:
         return TEMPLATES[self.relation][template].split("{o}")[0].format(s=self.subject).rstrip()
 
 
+@dataclass(frozen=True)
+class EditRequest:
+    """One counterfactual edit ``(subject, relation, target_true) -> target_new`` and the prompts it is
+    judged on (Part V: notebooks/16_editing_memory.ipynb onwards), as in CounterFact (Meng et al., 2022).
+
+    - ``prompt``: contains ``subject``; the edited model should continue it with ``target_new``
+      (reliability);
+    - ``paraphrases``: other wordings of the same question (generalisation);
+    - ``neighbours``: ``(prompt, true object)`` pairs about *other* subjects, which must keep their
+      object (locality).
+
+    Targets are words that follow a prompt after a space. Lists given for ``paraphrases`` and
+    ``neighbours`` are stored as tuples, so a request is hashable and cannot change after it is made.
+    """
+
+    prompt: str
+    subject: str
+    relation: str
+    target_true: str
+    target_new: str
+    paraphrases: tuple[str, ...] = ()
+    neighbours: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        for name in ("prompt", "subject", "relation", "target_true", "target_new"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"EditRequest.{name} must be a string, got {type(value).__name__} ({value!r:.60})")
+            if not value.strip():
+                raise ValueError(f"EditRequest.{name} is empty; every field of an edit request needs text")
+        if self.subject not in self.prompt:
+            raise ValueError(f"EditRequest: subject {self.subject!r} is not found in its prompt {self.prompt!r}")
+        if self.target_new == self.target_true:
+            raise ValueError(f"EditRequest: target_new equals target_true ({self.target_new!r}); an edit must "
+                             "change the object")
+        paraphrases = self.paraphrases
+        if isinstance(paraphrases, str) or not all(isinstance(p, str) and p.strip() for p in paraphrases):
+            raise TypeError(f"EditRequest.paraphrases must be a list of non-empty strings, got {paraphrases!r:.80}")
+        neighbours = self.neighbours
+        if isinstance(neighbours, str) or not all(
+                isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) and x.strip() for x in p)
+                for p in neighbours):
+            raise TypeError("EditRequest.neighbours must be a list of (prompt, true object) string pairs, "
+                            f"got {neighbours!r:.80}")
+        object.__setattr__(self, "paraphrases", tuple(paraphrases))
+        object.__setattr__(self, "neighbours", tuple(tuple(p) for p in neighbours))
+
+
 @dataclass
 class FactWorld:
     """A seeded world of people, cities, countries and languages.
@@ -312,31 +360,35 @@ class FactWorld:
         while True:
             yield from rng.sample(corpus, len(corpus))
 
-    def edit_requests(self, n: int = 20, seed: int = 0, relation: str = "born_in") -> list[dict]:
-        """Counterfactual edits in the style of CounterFact (Meng et al., 2022).
+    def edit_requests(self, n: int = 20, seed: int = 0, relation: str = "born_in") -> list[EditRequest]:
+        """Counterfactual edits in the style of CounterFact (Meng et al., 2022), as :class:`EditRequest` objects.
 
         Each request changes a known fact ``(s, r, o)`` to a new object ``o*`` and carries what an
-        edit is judged on: the ``prompt`` (reliability), ``paraphrase_prompts`` (generalisation, from
-        the held-out template and the other pretraining templates) and ``neighborhood_prompts``
-        (locality: other subjects whose true object is ``o``, which must keep it).
+        edit is judged on: the ``prompt`` (reliability), ``paraphrases`` (generalisation: the other
+        two pretraining templates and the held-out one, last) and ``neighbours`` (locality: up to five
+        other subjects whose true object is ``o``, which must keep it). No neighbour is the subject of
+        another request of the same call, so editing all ``n`` at once leaves every neighbour's fact
+        untouched by design.
         """
         n, seed = checks.integer(n, "n"), checks.integer(seed, "seed")
         checks.choice(relation, "relation", RELATIONS)
         candidates = [f for f in self.split("train") if f.relation == relation]
-        if not 1 <= n <= len(candidates):
-            raise ValueError(f"n must lie in [1, {len(candidates)}] for relation {relation!r}, got {n!r}")
+        if not 1 <= n <= len(candidates) // 2:
+            raise ValueError(f"n must lie in [1, {len(candidates) // 2}] for relation {relation!r} (half its "
+                             f"training facts; the rest are neighbours), got {n!r}")
         rng = random.Random(seed)
+        chosen = rng.sample(candidates, n)
+        edited = {f.subject for f in chosen}
         requests = []
-        for fact in rng.sample(candidates, n):
+        for fact in chosen:
             new = rng.choice([o for o in self.objects(relation) if o != fact.object])
-            neighbours = [f for f in candidates if f.object == fact.object and f.subject != fact.subject]
+            neighbours = [f for f in candidates if f.object == fact.object and f.subject not in edited]
             neighbours = rng.sample(neighbours, min(5, len(neighbours)))
-            requests.append({
-                "subject": fact.subject, "relation": relation, "prompt": fact.prompt(0),
-                "target_true": fact.object, "target_new": new,
-                "paraphrase_prompts": [fact.prompt(t) for t in range(1, 4)],
-                "neighborhood_prompts": [(f.prompt(0), f.object) for f in neighbours],
-            })
+            requests.append(EditRequest(
+                prompt=fact.prompt(0), subject=fact.subject, relation=relation,
+                target_true=fact.object, target_new=new,
+                paraphrases=tuple(fact.prompt(t) for t in range(1, len(TEMPLATES[relation]))),
+                neighbours=tuple((f.prompt(0), f.object) for f in neighbours)))
         return requests
 
     # ----- the tokenizer ---------------------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""Part IV, meta-learning: learning to learn from few examples (and chapter 15's learned optimisers).
+
+Chapter 14 (notebooks/14_learning_to_learn.ipynb): episodes and their samplers (``episodes``), MAML,
+first-order MAML, ANIL and Reptile over one ``torch.func`` inner loop (``maml``), prototypical networks
+(``protonets``) and the few-shot evaluator with the pretrained baselines (``evaluate``). The few-shot
+image classes are :mod:`lfm_ref.data.few_shot`.
+"""
+from .episodes import Episode, EpisodeSampler, SinusoidTasks
+from .evaluate import (
+    FeaturesWithHead,
+    episode_accuracies,
+    few_shot_accuracy,
+    finetune_logits,
+    mean_and_interval,
+    nearest_neighbour_logits,
+)
+from .maml import (
+    SineNet,
+    adapt_batch,
+    adapted_query_outputs,
+    anil_objective,
+    inner_loop,
+    maml_objective,
+    mse_over_steps,
+    parameter_names,
+    query_outputs,
+    reptile_objective,
+    task_loss,
+)
+from .protonets import protonet_episode_logits, protonet_logits, protonet_objective, prototypes
+
+__all__ = ["Episode", "EpisodeSampler", "SinusoidTasks", "SineNet", "task_loss", "inner_loop", "adapt_batch",
+           "query_outputs", "maml_objective", "anil_objective", "reptile_objective", "adapted_query_outputs",
+           "mse_over_steps", "parameter_names", "prototypes", "protonet_logits", "protonet_objective",
+           "protonet_episode_logits", "few_shot_accuracy", "episode_accuracies", "mean_and_interval",
+           "nearest_neighbour_logits", "FeaturesWithHead", "finetune_logits"]
