@@ -237,8 +237,10 @@ def test_dfme_gives_the_numbers_it_gave_with_the_old_api():
     seed_everything(2)
     history = dfme(ClassifierAPI(zoo.load("tiny-cnn", device="cpu")), TinyCNN(width=4), Generator(), steps=2,
                    batch_size=16, student_steps=2)
-    assert [v for step in history for v in step] == pytest.approx(
-        [v for step in DFME_BEFORE_THE_MOVE for v in step], rel=1e-2)
+    # the first step's losses agree to 1e-4 on every CPU tried; the second follows one student update,
+    # whose floating-point summation order differs between CPUs (1.4% apart on an AMD EPYC)
+    assert list(history[0]) == pytest.approx(list(DFME_BEFORE_THE_MOVE[0]), rel=1e-3)
+    assert list(history[1]) == pytest.approx(list(DFME_BEFORE_THE_MOVE[1]), rel=5e-2)
 
 
 # ----- modes: a function that only uses the teacher gives it back as it found it -----------------------

@@ -1,10 +1,26 @@
-"""Part IV, meta-learning: learning to learn from few examples (and chapter 15's learned optimisers).
+"""Part IV, meta-learning: learning to learn from few examples, with data or from a zoo of models.
 
 Chapter 14 (notebooks/14_learning_to_learn.ipynb): episodes and their samplers (``episodes``), MAML,
 first-order MAML, ANIL and Reptile over one ``torch.func`` inner loop (``maml``), prototypical networks
 (``protonets``) and the few-shot evaluator with the pretrained baselines (``evaluate``). The few-shot
 image classes are :mod:`lfm_ref.data.few_shot`.
+
+Chapter 15 (notebooks/15_data_free_meta_learning.ipynb): data-free meta-learning from a zoo of task
+models (``data_free``): white-box inversion into pseudo tasks, fusion, and black-box inversion and
+distillation through query-counted APIs.
 """
+from .data_free import (
+    DistilledTasks,
+    PseudoTasks,
+    TaskModel,
+    fuse_zoo,
+    invert_api,
+    invert_zoo,
+    meta_train,
+    protonet_distill_objective,
+    protonet_predict,
+    train_task_zoo,
+)
 from .episodes import Episode, EpisodeSampler, SinusoidTasks
 from .evaluate import (
     FeaturesWithHead,
@@ -29,7 +45,10 @@ from .maml import (
 )
 from .protonets import protonet_episode_logits, protonet_logits, protonet_objective, prototypes
 
-__all__ = ["Episode", "EpisodeSampler", "SinusoidTasks", "SineNet", "task_loss", "inner_loop", "adapt_batch",
+__all__ = [
+    "DistilledTasks", "PseudoTasks", "TaskModel", "fuse_zoo", "invert_api", "invert_zoo", "meta_train",
+    "protonet_distill_objective", "protonet_predict", "train_task_zoo",
+           "Episode", "EpisodeSampler", "SinusoidTasks", "SineNet", "task_loss", "inner_loop", "adapt_batch",
            "query_outputs", "maml_objective", "anil_objective", "reptile_objective", "adapted_query_outputs",
            "mse_over_steps", "parameter_names", "prototypes", "protonet_logits", "protonet_objective",
            "protonet_episode_logits", "few_shot_accuracy", "episode_accuracies", "mean_and_interval",

@@ -3,8 +3,9 @@
 The setting (the survey's own sub-field): a zoo of small models, each trained on its own few-class task,
 and no data. Three routes, all here:
 
-* **White box, PURER-style** (Hu et al., ECCV 2022, "Learning to Learn from APIs"/"PURER"; here the
-  white-box pipeline of inversion then episodic meta-training): invert every task model with
+* **White box, PURER-style** (Hu et al., CVPR 2023, "Architecture, dataset and model-scale agnostic
+  data-free meta-learning", simplified to its core: inversion, then episodic meta-training):
+  invert every task model with
   DeepInversion (:func:`lfm_ref.distill.data_free.deep_inversion`), which gives a *pseudo task*, images
   the model labels as its own classes; then meta-train a ProtoNet (Snell et al., 2017) on episodes drawn
   from the pseudo tasks, one model's classes per episode (:class:`PseudoTasks`).
@@ -15,8 +16,8 @@ and no data. Three routes, all here:
   default): with radius 0 and models that share one initialisation (so that coordinates correspond without
   neuron matching) the Wasserstein barycentre of point masses at the ``theta_i`` *is* their mean. It is
   also the chapter's baseline "averaging the zoo's weights", so the chapter's fusion is that baseline.
-* **Black box, BiDf-MKD-style** (Hu et al., ICML 2023, "Architecture, dataset and model-scale agnostic
-  data-free meta-learning"): each model is an API returning probabilities
+* **Black box, BiDf-MKD-style** (Hu et al., ICML 2023, "Learning to learn from APIs: black-box data-free
+  meta-learning"): each model is an API returning probabilities
   (:class:`lfm_ref.blackbox.ClassifierAPI`). It is inverted through queries with a zeroth-order gradient
   estimate (:func:`lfm_ref.blackbox.zeroth_order_grad`; every query counted by the API), and the meta-
   learner is trained on the inverted data: the ProtoNet loss plus the distillation of the API's answers
@@ -61,65 +62,77 @@ class TaskModel:
     classes: torch.Tensor
 
 
-def train_task_zoo(x: torch.Tensor, y: torch.Tensor, n_models: int, n_way: int = 5, width: int = 8,
-                   steps: int = 60, lr: float = 1e-2, seed: int = 0) -> list[TaskModel]:
-    """A zoo of ``n_models`` TinyCNNs, each trained on its own ``n_way``-way task of ``(x, y)``.
+def train_task_zoo(x: torch.Tensor, y: torch.Tensor, n_models: int, n_way: int = 5,
+                   width: int = 8, steps: int = 60, lr: float = 1e-2,
+                   seed: int = 0) -> list[TaskModel]:
+    """A zoo of ``n_models`` TinyCNNs, each trained on its own ``n_way``-way task.
 
-    ``(x, y)`` are the meta-train images and class ids (:func:`lfm_ref.data.few_shot.few_shot_classes`).
-    The classes are dealt out from one seeded permutation, ``n_way`` per model (reshuffled when used up), so
-    the zoo covers ``min(n_models * n_way, n_classes)`` of them. Every model starts from the same seeded
-    initial state (so their weights can be averaged), then trains ``steps`` steps through ``lfm_ref.fit``.
+    ``(x, y)``: meta-train images and class ids (``few_shot_classes("meta-train")``).
+    Classes are dealt out from one seeded permutation, ``n_way`` per model (reshuffled
+    when used up), so the zoo covers ``min(n_models * n_way, n_classes)`` of them.
+    Every model starts from one seeded initial state (so weights can be averaged) and
+    trains ``steps`` steps through ``lfm_ref.fit``.
     """
     checks.tensor(x, "x", dim=4, floating=True)
     checks.tensor(y, "y", dim=1, floating=False)
     if len(x) != len(y):
-        raise ValueError(f"x and y must hold the same number of examples, got {len(x)} and {len(y)}")
-    n_models, n_way = checks.positive_int(n_models, "n_models"), checks.positive_int(n_way, "n_way")
+        raise ValueError("x and y must hold the same number of examples, "
+                         f"got {len(x)} and {len(y)}")
+    n_models = checks.positive_int(n_models, "n_models")
+    n_way = checks.positive_int(n_way, "n_way")
     classes = torch.unique(y)
     if n_way < 2 or n_way > len(classes):
-        raise ValueError(f"n_way must be between 2 and the {len(classes)} classes in y, got {n_way}")
+        raise ValueError(f"n_way must be between 2 and the {len(classes)} classes in "
+                         f"y, got {n_way}")
     g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(int(torch.randint(2**31, (1,), generator=g)))
-    init = TinyCNN(n_way, checks.positive_int(width, "width"))  # the zoo's one shared initial state
+    init = TinyCNN(n_way, checks.positive_int(width, "width"))  # one shared start
     torch.random.set_rng_state(torch_state)  # never reseed the caller's global stream
     order, zoo = torch.empty(0, dtype=torch.long), []
     for i in range(n_models):
         if len(order) < n_way:
-            order = torch.cat([order, classes[torch.randperm(len(classes), generator=g)]])
+            shuffled = classes[torch.randperm(len(classes), generator=g)]
+            order = torch.cat([order, shuffled])
         task, order = order[:n_way], order[n_way:]
         keep = torch.isin(y, task)
-        labels = (y[keep][:, None] == task[None]).long().argmax(1)  # class ids -> 0..N-1
+        labels = (y[keep][:, None] == task[None]).long().argmax(1)  # ids -> 0..N-1
         model = copy.deepcopy(init)
         data = torch.utils.data.TensorDataset(x[keep], labels)
-        fit(model, data, steps=steps, lr=lr, batch_size=64, seed=seed * 1000 + i, progress=False)
+        fit(model, data, steps=steps, lr=lr, batch_size=64, seed=seed * 1000 + i,
+            progress=False)
         zoo.append(TaskModel(model, task.clone()))
     return zoo
 
 
-def fuse_zoo(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
-    """Model fusion (Wang et al., 2022, simplified as in the module docstring): ``theta = sum_i w_i theta_i``.
+def fuse_zoo(models: Sequence[nn.Module],
+             weights: Sequence[float] | None = None) -> nn.Module:
+    """Model fusion (Wang et al., 2022, simplified: see the module docstring),
+    ``theta = sum_i w_i theta_i`` with ``w`` uniform by default.
 
-    Floating parameters and buffers (BatchNorm's running statistics too) are averaged; integer buffers
-    (``num_batches_tracked``) are copied from the first model. Returns a new model; the zoo is left alone.
+    Floating parameters and buffers (BatchNorm's running statistics too) are averaged;
+    integer buffers (``num_batches_tracked``) come from the first model. Returns a new
+    model; the zoo is left alone.
     """
     models = checks.non_empty(models, "models")
     for m in models:
         checks.module(m, "models[i]")
     states = [m.state_dict() for m in models]
     if any(s.keys() != states[0].keys() for s in states):
-        raise ValueError("fusing needs models of one architecture (the same state-dict keys)")
+        raise ValueError("fusing needs models of one architecture (the same state-dict "
+                         "keys)")
     if weights is None:
         w = torch.full((len(models),), 1.0 / len(models))
     else:
         w = torch.tensor([checks.number(v, "weights[i]", low=0) for v in weights])
         if len(w) != len(models) or w.sum() <= 0:
-            raise ValueError(f"weights must be {len(models)} non-negative numbers, not all 0, got {list(weights)}")
+            raise ValueError(f"weights must be {len(models)} non-negative numbers, not "
+                             f"all 0, got {list(weights)}")
         w = w / w.sum()
     fused = {}
     for k, t in states[0].items():
-        if t.is_floating_point():
-            fused[k] = sum(wi * s[k] for wi, s in zip(w.tolist(), states))  # theta = sum_i w_i theta_i
+        if t.is_floating_point():  # theta = sum_i w_i theta_i
+            fused[k] = sum(wi * s[k] for wi, s in zip(w.tolist(), states))
         else:
             fused[k] = t.clone()
     out = copy.deepcopy(models[0])
@@ -152,34 +165,38 @@ def invert_zoo(zoo: Sequence[TaskModel], per_class: int = 8, steps: int = 40, lr
     return tasks
 
 
-def invert_api(api: ClassifierAPI, n_way: int, per_class: int = 8, steps: int = 40, lr: float = 0.05,
-               directions: int = 8, eps: float = 1e-2, shape: tuple[int, ...] = (1, 8, 8),
+def invert_api(api: ClassifierAPI, n_way: int, per_class: int = 8, steps: int = 40,
+               lr: float = 0.05, directions: int = 8, eps: float = 1e-2,
+               shape: tuple[int, ...] = (1, 8, 8),
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Black-box inversion: images that the API labels as each of its ``n_way`` classes, from queries only.
+    """Black-box inversion: images the API labels as each of its ``n_way`` classes.
 
-    Each image descends ``f(x) = -log p_API(y | x)`` along the zeroth-order estimate of its gradient
-    (:func:`lfm_ref.blackbox.zeroth_order_grad`, ``directions + 1`` queries per image and step; signed
-    steps, since the estimate's scale is noisy), clamped to [0, 1]. The API counts every query
-    (``api.queries``): ``steps * n_way * per_class * (directions + 1)`` here.
+    Each image descends ``f(x) = -log p_API(y | x)`` along the zeroth-order estimate of
+    its gradient (:func:`lfm_ref.blackbox.zeroth_order_grad`, ``directions + 1`` queries
+    per image and step; signed steps, since the estimate's scale is noisy), clamped to
+    [0, 1]. The API counts every query (``api.queries``):
+    ``steps * n_way * per_class * (directions + 1)``.
     """
     if not isinstance(api, ClassifierAPI) or api.output != "probs":
-        raise TypeError("api must be a lfm_ref.blackbox.ClassifierAPI answering probabilities (output='probs'), "
-                        f"got {type(api).__name__}")
-    n_way, per_class = checks.positive_int(n_way, "n_way"), checks.positive_int(per_class, "per_class")
+        raise TypeError("api must be a lfm_ref.blackbox.ClassifierAPI answering "
+                        f"probabilities (output='probs'), got {type(api).__name__}")
+    n_way = checks.positive_int(n_way, "n_way")
+    per_class = checks.positive_int(per_class, "per_class")
     steps, lr = checks.positive_int(steps, "steps"), checks.positive(lr, "lr")
     g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
     labels = torch.arange(n_way).repeat_interleave(per_class)
     x = torch.rand((len(labels), *shape), generator=g)
 
-    def f(inputs: torch.Tensor) -> torch.Tensor:  # -log p(y | x) per image; the perturbed batches repeat y
+    def f(inputs: torch.Tensor) -> torch.Tensor:  # -log p(y | x) per image
         p = api(inputs).cpu()
         if p.shape[-1] != n_way:
-            raise ValueError(f"the API answers {p.shape[-1]} classes, but n_way={n_way} was given")
-        y = labels.repeat(len(inputs) // len(labels))
+            raise ValueError(f"the API answers {p.shape[-1]} classes, but "
+                             f"n_way={n_way} was given")
+        y = labels.repeat(len(inputs) // len(labels))  # perturbed batches repeat y
         return -p.gather(1, y[:, None]).squeeze(1).clamp_min(1e-12).log()
 
     for _ in range(steps):
-        grad = zeroth_order_grad(f, x, directions, eps, generator=g)  # ~ d f / d x from queries
+        grad = zeroth_order_grad(f, x, directions, eps, generator=g)  # ~ df/dx
         x = (x - lr * grad.sign()).clamp(0.0, 1.0)  # x <- x - lr * sign(g_hat)
     return x, labels
 
@@ -202,22 +219,23 @@ class PseudoTasks(_Source):
         return self.samplers[i].sample(generator)
 
 
-def protonet_distill_objective(apis: Sequence[ClassifierAPI] | None = None, alpha: float = 1.0):
-    """The meta-learner's loss on pseudo episodes: ProtoNet cross-entropy on the query, plus (BiDf-MKD's
-    distillation, when the episode's API is known) ``alpha * KL(p_API(q) || p_proto(q))``.
-
-    Without ``apis`` this is the plain ProtoNet loss. With them, each batch must carry ``task_ids`` (the
-    index of the API a task came from): use :class:`DistilledTasks`.
+def protonet_distill_objective(alpha: float = 1.0):
+    """The meta-learner's loss on pseudo episodes: ProtoNet cross-entropy on the query
+    plus, for batches that carry the API's probabilities (:class:`DistilledTasks`),
+    BiDf-MKD's distillation ``alpha * KL(p_API(q) || p_proto(q))``. On plain Episodes
+    it is the ProtoNet loss.
     """
     alpha = checks.number(alpha, "alpha", low=0)
 
     def objective(model: nn.Module, batch) -> torch.Tensor:
         episodes, probs = (batch, None) if isinstance(batch, Episode) else batch
-        logits = protonet_episode_logits(model, episodes, features, grad=True)  # (T, q, N)
-        loss = F.cross_entropy(logits.flatten(0, -2), episodes.query_y.flatten())
-        if probs is not None and alpha:  # + alpha * KL(p_API || p_proto) on the query images
-            loss = loss + alpha * F.kl_div(logits.log_softmax(-1).flatten(0, -2), probs.flatten(0, -2),
-                                           reduction="batchmean")
+        logits = protonet_episode_logits(model, episodes, features, grad=True)
+        y = episodes.query_y.to(logits.device)
+        loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())  # CE on the query
+        if probs is not None and alpha:  # + alpha * KL(p_API || p_proto)
+            log_q = logits.log_softmax(-1).flatten(0, -2)
+            p = probs.to(logits.device).flatten(0, -2)
+            loss = loss + alpha * F.kl_div(log_q, p, reduction="batchmean")
         return loss
 
     return objective
