@@ -43,46 +43,44 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 @contextmanager
-def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+def _capture(model: nn.Module, names: Sequence[str], what: str) -> Iterator[dict[str, torch.Tensor]]:
+    """The one capturing loop behind :func:`capture_outputs` and :func:`capture_inputs`."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of module names, not a single string, got str ({names!r:.60})")
+    stored: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            module = get_module(model, name)
+            if what == "outputs":
+                def hook(module, args, output, name=name):
+                    stored[name] = output
+                handles.append(module.register_forward_hook(hook))
+            else:  # a pre-hook sees the positional inputs before the module runs
+                def pre_hook(module, args, name=name):
+                    stored[name] = args[0]
+                handles.append(module.register_forward_pre_hook(pre_hook))
+        yield stored
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def capture_outputs(model: nn.Module, names: Sequence[str]):
     """Within the block, every forward pass stores the outputs of the named modules in the yielded dict.
 
     >>> with capture_outputs(cnn, ["features.2"]) as acts:
     ...     logits = cnn(x)
     >>> acts["features.2"].shape
     """
-    if isinstance(names, str):
-        raise TypeError(f"names must be a list of module names, not a single string, got str ({names!r:.60})")
-    outputs: dict[str, torch.Tensor] = {}
-    handles = []
-    try:
-        for name in names:
-            def hook(module, inputs, output, name=name):
-                outputs[name] = output
-            handles.append(get_module(model, name).register_forward_hook(hook))
-        yield outputs
-    finally:
-        for h in handles:
-            h.remove()
+    return _capture(model, names, "outputs")
 
 
-@contextmanager
-def capture_inputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+def capture_inputs(model: nn.Module, names: Sequence[str]):
     """Like :func:`capture_outputs`, for the first positional *input* of each named module: the keys
     ``k`` that ROME and MEMIT read at an MLP's output projection, or the hidden state GRACE compares
     with its codebook."""
-    if isinstance(names, str):
-        raise TypeError(f"names must be a list of module names, not a single string, got str ({names!r:.60})")
-    inputs: dict[str, torch.Tensor] = {}
-    handles = []
-    try:
-        for name in names:
-            def hook(module, args, name=name):
-                inputs[name] = args[0]
-            handles.append(get_module(model, name).register_forward_pre_hook(hook))
-        yield inputs
-    finally:
-        for h in handles:
-            h.remove()
+    return _capture(model, names, "inputs")
 
 
 @contextmanager
