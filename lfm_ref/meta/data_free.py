@@ -43,7 +43,7 @@ from .. import checks
 from ..blackbox import ClassifierAPI, zeroth_order_grad
 from ..distill.data_free import deep_inversion
 from ..train import fit
-from ..utils import eval_mode
+from ..utils import eval_mode, random_state_kept
 from ..zoo.models import TinyCNN
 from .episodes import Episode, EpisodeSampler, _generator, _Source
 from .protonets import protonet_episode_logits
@@ -85,10 +85,10 @@ def train_task_zoo(x: torch.Tensor, y: torch.Tensor, n_models: int, n_way: int =
         raise ValueError(f"n_way must be between 2 and the {len(classes)} classes in "
                          f"y, got {n_way}")
     g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
-    torch_state = torch.random.get_rng_state()
-    torch.manual_seed(int(torch.randint(2**31, (1,), generator=g)))
-    init = TinyCNN(n_way, checks.positive_int(width, "width"))  # one shared start
-    torch.random.set_rng_state(torch_state)  # never reseed the caller's global stream
+    # one shared start, drawn from the global stream (module initialisers take no generator) inside a
+    # block that gives the caller's stream back untouched
+    with random_state_kept(int(torch.randint(2**31, (1,), generator=g))):
+        init = TinyCNN(n_way, checks.positive_int(width, "width"))
     order, zoo = torch.empty(0, dtype=torch.long), []
     for i in range(n_models):
         if len(order) < n_way:
