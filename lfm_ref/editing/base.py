@@ -91,6 +91,11 @@ class ModelSnapshot:
         named = dict(self.model.named_parameters())
         for name, value in self._values.items():
             named[name].copy_(value)
+        return self.restore_flags()
+
+    def restore_flags(self) -> nn.Module:
+        """Give back only the ``requires_grad`` and ``training`` flags: for an editor that froze the
+        model to train its own parameters and keeps its change (values and modules stay)."""
         for p, flag in self._requires_grad:
             p.requires_grad_(flag)
         for m, flag in self._training:

@@ -98,8 +98,5 @@ class FineTuneEditor:
         fit(model, edit_dataset(tokenizer, requests), loss_fn=last_token_objective(), steps=self.steps,
             batch_size=len(requests), lr=self.lr, params=[weight], schedule="constant", device=device,
             seed=self.seed, progress=False, callback=project, every=1)
-        for p, flag in snapshot._requires_grad:  # grads off as they were; the weight keeps its new value
-            p.requires_grad_(flag)
-        for m, flag in snapshot._training:
-            m.training = flag
+        snapshot.restore_flags()  # grads and modes as they were; the edit itself stays
         return Edit(model, snapshot.restore, self.name, requests)

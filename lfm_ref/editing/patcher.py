@@ -25,6 +25,7 @@ from .. import checks
 from ..hooks import capture_inputs, get_module
 from ..lm import at_last_token, encode
 from ..train import fit
+from ..utils import device_of
 from .base import Edit, EditRequest, ModelSnapshot, check_requests
 from .finetune import edit_dataset, last_token_objective, mlp_name
 
@@ -66,7 +67,7 @@ class TransformerPatcher:
 
     def _queries(self, model, tokenizer, name, prompts):
         batch = encode(tokenizer, prompts)
-        dev = next(model.parameters()).device
+        dev = device_of(model)
         with torch.no_grad(), capture_inputs(model, [name]) as seen:
             model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev))
         return seen[name], batch["attention_mask"].to(dev)
@@ -121,10 +122,7 @@ class TransformerPatcher:
             if attr in ffn.__dict__:
                 del ffn.__dict__[attr]
         install()
-        for p, flag in snapshot._requires_grad:
-            p.requires_grad_(flag)
-        for m, flag in snapshot._training:
-            m.training = flag
+        snapshot.restore_flags()  # grads and modes as they were; the edit itself stays
 
         def undo():
             if before is None:
