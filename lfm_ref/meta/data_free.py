@@ -85,8 +85,8 @@ def train_task_zoo(x: torch.Tensor, y: torch.Tensor, n_models: int, n_way: int =
         raise ValueError(f"n_way must be between 2 and the {len(classes)} classes in "
                          f"y, got {n_way}")
     g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
-    # one shared start, drawn from the global stream (module initialisers take no generator) inside a
-    # block that gives the caller's stream back untouched
+    # one shared start, drawn from the global stream (module initialisers take no
+    # generator) inside a block that gives the caller's stream back untouched
     with random_state_kept(int(torch.randint(2**31, (1,), generator=g))):
         init = TinyCNN(n_way, checks.positive_int(width, "width"))
     order, zoo = torch.empty(0, dtype=torch.long), []
