@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from lfm_ref.blackbox import ClassifierAPI
-from lfm_ref.meta.data_free import PseudoTasks, fuse_zoo, invert_api, invert_zoo, train_task_zoo
+from lfm_ref.meta.data_free import PseudoTasks, fuse_zoo, invert_api, invert_zoo, robust_fusion_weights, train_task_zoo
 from lfm_ref.zoo.models import TinyCNN
 
 X, Y = torch.rand(20, 1, 8, 8), torch.arange(20) % 4
@@ -17,6 +17,12 @@ CASES = [
      r"fusing needs models of one architecture"),
     ("meta-df-fuse-weights", lambda: fuse_zoo([TinyCNN(5, 8)] * 2, weights=[1.0]), ValueError,
      r"weights must be 2 non-negative numbers"),
+    ("meta-df-robust-radius", lambda: robust_fusion_weights([TinyCNN(5, 8)] * 2, -1.0), ValueError,
+     r"radius must lie in \[0, inf\], got -1.0"),
+    ("meta-df-robust-identical", lambda: robust_fusion_weights([TinyCNN(5, 8)] * 2, 0.5), ValueError,
+     r"the models are identical"),
+    ("meta-df-robust-state-dict", lambda: robust_fusion_weights([TinyCNN(5, 8).state_dict()], 0.5),
+     TypeError, r"pass the model, not its state_dict"),
     ("meta-df-invert-zoo-not-taskmodel", lambda: invert_zoo([TinyCNN(5, 8)]), TypeError,
      r"zoo must be a list of TaskModel"),
     ("meta-df-invert-api-module", lambda: invert_api(TinyCNN(5, 8), 5), TypeError,

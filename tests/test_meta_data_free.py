@@ -1,6 +1,7 @@
 """Chapter 15, data-free meta-learning: the zoo, white- and black-box inversion, fusion, pseudo episodes."""
 import pytest
 import torch
+from torch import nn
 
 from lfm_ref.blackbox import ClassifierAPI
 from lfm_ref.data.few_shot import few_shot_classes
@@ -14,6 +15,7 @@ from lfm_ref.meta.data_free import (
     meta_train,
     protonet_distill_objective,
     protonet_predict,
+    robust_fusion_weights,
     train_task_zoo,
 )
 from lfm_ref.zoo.models import TinyCNN
@@ -51,6 +53,37 @@ def test_fusion_is_the_weighted_mean_of_weights_and_buffers():
         if t.is_floating_point():
             assert torch.allclose(t, 0.75 * a.state_dict()[k] + 0.25 * b.state_dict()[k])
     assert fuse_zoo([a]).state_dict()["head.weight"].equal(a.head.weight)
+
+
+def _scalar_model(value: float) -> nn.Module:
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(value)
+    return model
+
+
+@pytest.mark.parametrize("radius", [0.05, 0.1, 0.2, 1.0])
+def test_robust_fusion_matches_the_closed_form_on_three_points(radius):
+    # models at 0, 0 and 1: the mean squared distance between two members is 2/3, so
+    # the far member sits at cost 1.5 in radius units. The worst case moves mass
+    # m = radius / 1.5 from the two near members to it (capped when the centre reaches
+    # 1/2, the centre of the smallest enclosing ball); the centre is the mean of that
+    # worst case, theta* = min(1/3 + radius / 1.5, 1/2).
+    models = [_scalar_model(0.0), _scalar_model(0.0), _scalar_model(1.0)]
+    a = robust_fusion_weights(models, radius)
+    assert torch.allclose(a.sum(), torch.tensor(1.0)) and (a >= 0).all()
+    theta = fuse_zoo(models, weights=a.tolist()).weight.item()
+    assert theta == pytest.approx(min(1 / 3 + radius / 1.5, 0.5), abs=5e-3)
+
+
+def test_robust_fusion_at_radius_zero_is_the_zoo_average(zoo):
+    models = [t.model for t in zoo]
+    a = robust_fusion_weights(models, 0.0)
+    assert torch.equal(a, torch.full((3,), 1 / 3))
+    wide = robust_fusion_weights(models, 0.5)
+    assert not torch.allclose(wide, a, atol=1e-3)  # the worst case re-weights them
+    fused = fuse_zoo(models, weights=wide.tolist())
+    assert isinstance(fused, TinyCNN) and fused is not models[0]
 
 
 def test_white_box_inversions_are_class_faithful(zoo):

@@ -19,6 +19,7 @@ from .data_free import (
     meta_train,
     protonet_distill_objective,
     protonet_predict,
+    robust_fusion_weights,
     train_task_zoo,
 )
 from .episodes import Episode, EpisodeSampler, SinusoidTasks
@@ -47,7 +48,7 @@ from .protonets import protonet_episode_logits, protonet_logits, protonet_object
 
 __all__ = [
     "DistilledTasks", "PseudoTasks", "TaskModel", "fuse_zoo", "invert_api", "invert_zoo", "meta_train",
-    "protonet_distill_objective", "protonet_predict", "train_task_zoo",
+    "protonet_distill_objective", "protonet_predict", "robust_fusion_weights", "train_task_zoo",
            "Episode", "EpisodeSampler", "SinusoidTasks", "SineNet", "task_loss", "inner_loop", "adapt_batch",
            "query_outputs", "maml_objective", "anil_objective", "reptile_objective", "adapted_query_outputs",
            "mse_over_steps", "parameter_names", "prototypes", "protonet_logits", "protonet_objective",
