@@ -145,6 +145,11 @@ class EditRequest:
         object.__setattr__(self, "paraphrases", tuple(paraphrases))
         object.__setattr__(self, "neighbours", tuple(tuple(p) for p in neighbours))
 
+    def statement(self) -> str:
+        """The edit said in words, ``"{prompt} {target_new} ."``: what a memory-based editor stores
+        and a reader is shown (chapter 16)."""
+        return f"{self.prompt} {self.target_new} ."
+
 
 @dataclass
 class FactWorld:

@@ -2,8 +2,9 @@
 
 The interface every editor shares (``base``): :class:`EditRequest`, an editor's ``edit(model,
 tokenizer, requests)`` returning an :class:`Edit` (``.model``, ``.restore()``), and the scores
-:func:`evaluate_edits` and :func:`sequential_edits`. Editors so far: ``grace`` (GRACE's codebook),
-``finetune`` (FT and FT-L) and ``patcher`` (Transformer-Patcher); their chapters are being written.
+:func:`evaluate_edits` and :func:`sequential_edits`. Editors: ``grace`` (GRACE's codebook), ``serac``
+(SERAC's scope classifier and counterfactual reader) and ``memprompt`` (MemPrompt's feedback memory),
+both on the ``incontext`` shell; ``finetune`` (FT and FT-L) and ``patcher`` (Transformer-Patcher).
 
 Chapters: notebooks/16_editing_memory.ipynb (memory-based editors) and
 notebooks/17_editing_constrained.ipynb (constrained tuning).
@@ -20,8 +21,12 @@ from .base import (
 )
 from .finetune import FineTuneEditor, edit_dataset, last_token_objective, mlp_name
 from .grace import Grace, GraceLayer
+from .incontext import InContextLM
+from .memprompt import MemPrompt
 from .patcher import PatchedFFN, TransformerPatcher
+from .serac import ScopeClassifier, Serac, scope_examples
 
 __all__ = ["Edit", "EditRequest", "Editor", "EditScores", "ModelSnapshot", "check_requests", "evaluate_edits",
-           "sequential_edits", "Grace", "GraceLayer",
+           "sequential_edits", "Grace", "GraceLayer", "InContextLM", "MemPrompt", "ScopeClassifier", "Serac",
+           "scope_examples",
            "FineTuneEditor", "edit_dataset", "last_token_objective", "mlp_name", "PatchedFFN", "TransformerPatcher"]

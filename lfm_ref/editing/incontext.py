@@ -1,0 +1,71 @@
+"""A language model that answers some inputs with a text placed before them: the shell of every
+memory-based editor that edits through the prompt (SERAC, MemPrompt, natural-language patches).
+
+:class:`InContextLM` wraps a frozen model. For each input row it asks a ``router`` for a context (a
+string, or ``None``): rows without one get the wrapped model's own logits, bit-equal; rows with one
+are answered by a ``reader`` (the wrapped model unless another is given) on ``context + " " + text``.
+The rewritten rows are longer, so their logits are aligned on the right: position ``t`` of an
+input of ``n`` tokens gets the rewritten row's position ``t + (n' - n)``, which makes the last
+position, the one that predicts the next token, exactly the reader's.
+
+Chapter: notebooks/16_editing_memory.ipynb.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..lm import encode
+from ..utils import device_of
+
+__all__ = ["InContextLM"]
+
+
+class InContextLM(nn.Module):
+    """``base`` for rows whose ``router`` answer is ``None``; ``reader([context; text])`` for the others.
+
+    ``router(texts) -> list[str | None]`` sees the decoded inputs (special tokens dropped). The wrapped
+    model is a submodule (``.to`` moves it); the wrapper has no parameters of its own.
+    """
+
+    def __init__(self, base: nn.Module, tokenizer, router: Callable[[Sequence[str]], list],
+                 reader: nn.Module | None = None):
+        super().__init__()
+        self.base = base
+        self.reader = base if reader is None else reader
+        self.tokenizer = tokenizer
+        self.router = router
+        self.config = getattr(base, "config", None)
+
+    def routes(self, texts: Sequence[str]) -> list[str | None]:
+        """The context each text gets (``None``: it goes to the base model untouched)."""
+        contexts = list(self.router(list(texts)))
+        if len(contexts) != len(texts):
+            raise ValueError(f"the router must answer one context (or None) per text, got {len(contexts)} "
+                             f"for {len(texts)} texts")
+        return contexts
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        texts = [self.tokenizer.decode(row[m.bool()], skip_special_tokens=True)
+                 for row, m in zip(input_ids, attention_mask)]
+        contexts = self.routes(texts)
+        rows = [i for i, c in enumerate(contexts) if c is not None]
+        if not rows:
+            return out
+        dev = device_of(self.reader)
+        batch = {k: v.to(dev) for k, v in encode(self.tokenizer, [f"{contexts[i]} {texts[i]}"
+                                                                  for i in rows]).items()}
+        routed = self.reader(**batch).logits.to(out.logits)  # (r, T', V)
+        logits = out.logits.clone()  # (B, T, V), right-padded
+        lengths, new_lengths = attention_mask.sum(1).tolist(), batch["attention_mask"].sum(1).tolist()
+        for j, i in enumerate(rows):
+            n, m = lengths[i], new_lengths[j]
+            k = min(n, m)  # align the last k real positions: the last predicts the next token
+            logits[i, n - k:n] = routed[j, m - k:m]
+        out.logits = logits
+        return out

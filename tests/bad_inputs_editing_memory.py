@@ -1,0 +1,33 @@
+"""Bad inputs to chapter 16's prompt-side editors (SERAC, MemPrompt); collected by ``test_strict_inputs.py``."""
+from functools import lru_cache
+
+from lfm_ref import zoo
+from lfm_ref.data import EditRequest, FactWorld
+from lfm_ref.editing.memprompt import MemPrompt
+from lfm_ref.editing.serac import ScopeClassifier, Serac, scope_examples
+
+
+@lru_cache(maxsize=1)
+def _setting():
+    model, tok = zoo.load("tiny-gpt", device="cpu")
+    return model, tok, FactWorld(seed=0).edit_requests(n=4, seed=0, relation="profession")
+
+
+def _scope():
+    model, tok, _ = _setting()
+    return ScopeClassifier(model, tok)
+
+
+CASES = [
+    ("editing-serac-scope-type", lambda: Serac("a classifier"), TypeError, r"scope must be a ScopeClassifier"),
+    ("editing-serac-one-class", lambda: _scope().fit([("a .", "b", 1.0)]), ValueError,
+     r"both in-scope \(1\) and out-of-scope \(0\)"),
+    ("editing-serac-others-length", lambda: scope_examples(_setting()[2], others=[["x"]]), ValueError,
+     r"others must hold one list of prompts per request \(4\), got 1"),
+    ("editing-serac-empty-requests", lambda: Serac(_scope()).edit(*_setting()[:2], []), ValueError, "requests"),
+    ("editing-serac-unknown-words", lambda: Serac(_scope()).edit(*_setting()[:2], [EditRequest(
+        "Zyxq Wvut works as a", "Zyxq Wvut", "profession", "poet", "baker")]), ValueError,
+     r"words the tokenizer does not know: \['Wvut', 'Zyxq'\]"),
+    ("editing-memprompt-retriever-type", lambda: MemPrompt(_setting()[0]), TypeError,
+     r"retriever must be a lfm_ref.retrieval.DenseRetriever, got GPT2LMHeadModel"),
+]
