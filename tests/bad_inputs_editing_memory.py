@@ -5,6 +5,7 @@ from lfm_ref import zoo
 from lfm_ref.data import EditRequest, FactWorld
 from lfm_ref.editing.memprompt import MemPrompt
 from lfm_ref.editing.serac import ScopeClassifier, Serac, scope_examples
+from lfm_ref.retrieval.rag import DenseRetriever
 
 
 @lru_cache(maxsize=1)
@@ -28,6 +29,10 @@ CASES = [
     ("editing-serac-unknown-words", lambda: Serac(_scope()).edit(*_setting()[:2], [EditRequest(
         "Zyxq Wvut works as a", "Zyxq Wvut", "profession", "poet", "baker")]), ValueError,
      r"words the tokenizer does not know: \['Wvut', 'Zyxq'\]"),
+    ("editing-serac-pair-length", lambda: _scope().pair_logits(["a .", "b ."], ["a"]), ValueError,
+     r"got 2 edits but 1 inputs"),
+    ("editing-memprompt-pair-length", lambda: MemPrompt(DenseRetriever(*_setting()[:2], ["a ."])).pair_scores(
+        ["a ."], ["a", "b"]), ValueError, r"got 1 feedback texts but 2 inputs"),
     ("editing-memprompt-retriever-type", lambda: MemPrompt(_setting()[0]), TypeError,
      r"retriever must be a lfm_ref.retrieval.DenseRetriever, got GPT2LMHeadModel"),
 ]

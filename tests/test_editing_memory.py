@@ -84,6 +84,9 @@ def test_serac_routes_paraphrases_to_the_counterfactual_and_neighbours_to_the_ba
                        lm.next_token_logits(model, tok, base_rows))  # the base model's own answer
     scores = evaluate_edits(edit.model, tok, test)
     assert scores.reliability >= 0.7 and scores.locality >= 0.9
+    statements, prompts = [r.statement() for r in test], [r.prompt for r in test]
+    assert torch.allclose(scope.pair_logits(statements, prompts),
+                          scope.logits(statements, prompts).diagonal())  # pairs = the matrix's diagonal
     assert edit.restore() is model and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -121,6 +124,7 @@ def test_memprompt_prepends_the_nearest_feedback_and_its_threshold_separates_tra
     labels = torch.tensor([y for *_, y in examples])
     s = (retriever.query_map(mean_hidden(model, tok, [q for _, q, _ in examples]))
          * mean_hidden(model, tok, [m for m, _, _ in examples])).sum(-1)
+    assert torch.allclose(editor.pair_scores([m for m, _, _ in examples], [q for _, q, _ in examples]), s)
     accuracy = ((s >= tau).float() == labels).float().mean()
     assert accuracy >= max(labels.mean(), 1 - labels.mean())  # no worse than a constant answer
     for cut in s.tolist():  # and no other cut does better on the training pairs

@@ -209,11 +209,13 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def evaluate_edits(model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> EditScores:
-    """Reliability, generalisation and locality of ``model`` on ``requests`` (see the module's docstring):
-    each the mean over requests of the fraction of that request's prompts whose greedy next token is
-    right, as EasyEdit averages them. On the unedited model reliability is near 0 (it still says
-    ``target_true``) and locality is its recall of the neighbours' facts."""
+def evaluate_edits(model: nn.Module, tokenizer,
+                   requests: Sequence[EditRequest]) -> EditScores:
+    """Reliability, generalisation and locality of ``model`` on ``requests`` (see the
+    module's docstring): each the mean over requests of the fraction of that request's
+    prompts whose greedy next token is right, as EasyEdit averages them. On the unedited
+    model reliability is near 0 (it still says ``target_true``) and locality is its
+    recall of the neighbours' facts."""
     checks.module(model)
     requests = check_requests(requests, tokenizer)
     per_request = _request_hits(model, tokenizer, requests)

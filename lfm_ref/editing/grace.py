@@ -46,12 +46,13 @@ class GraceLayer(WrappedLayer):
         out = self.base(h)
         if len(self.keys) == 0:
             return out
-        dist = torch.cdist(h.reshape(-1, h.shape[-1]), self.keys)   # (B*T, n): ||h - k_i||
-        nearest, idx = dist.min(-1)                                  # i* per position
-        hit = nearest <= self.radii[idx]                             # inside eps_{i*}: use v_{i*}
+        # ||h - k_i||, (B*T, n)
+        dist = torch.cdist(h.reshape(-1, h.shape[-1]), self.keys)
+        nearest, idx = dist.min(-1)            # i* per position
+        hit = nearest <= self.radii[idx]       # inside eps_{i*}: use v_{i*}
         if not hit.any():
-            return out                                               # bit-equal outside every radius
-        values = torch.stack(list(self.values))                      # (n, d_out)
+            return out                         # bit-equal outside every radius
+        values = torch.stack(list(self.values))  # (n, d_out)
         flat = out.reshape(-1, out.shape[-1])
         flat = torch.where(hit[:, None], values[idx], flat)
         return flat.reshape(out.shape)

@@ -47,7 +47,8 @@ class InContextLM(nn.Module):
                              f"for {len(texts)} texts")
         return contexts
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, **kwargs):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         out = self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -58,14 +59,16 @@ class InContextLM(nn.Module):
         if not rows:
             return out
         dev = device_of(self.reader)
-        batch = {k: v.to(dev) for k, v in encode(self.tokenizer, [f"{contexts[i]} {texts[i]}"
-                                                                  for i in rows]).items()}
+        read = encode(self.tokenizer, [f"{contexts[i]} {texts[i]}" for i in rows])
+        batch = {k: v.to(dev) for k, v in read.items()}
         routed = self.reader(**batch).logits.to(out.logits)  # (r, T', V)
         logits = out.logits.clone()  # (B, T, V), right-padded
-        lengths, new_lengths = attention_mask.sum(1).tolist(), batch["attention_mask"].sum(1).tolist()
+        lengths = attention_mask.sum(1).tolist()
+        new_lengths = batch["attention_mask"].sum(1).tolist()
         for j, i in enumerate(rows):
             n, m = lengths[i], new_lengths[j]
-            k = min(n, m)  # align the last k real positions: the last predicts the next token
+            # align the last k real positions: the last one predicts the next token
+            k = min(n, m)
             logits[i, n - k:n] = routed[j, m - k:m]
         out.logits = logits
         return out

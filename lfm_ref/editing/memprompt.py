@@ -74,21 +74,31 @@ class MemPrompt:
         self.threshold = None if threshold is None else checks.number(threshold, "threshold")
 
     @torch.no_grad()
+    def pair_scores(self, feedback: Sequence[str], inputs: Sequence[str]) -> torch.Tensor:
+        """``(N,)`` similarities ``s(inputs[i], feedback[i])``: pairs, elementwise."""
+        if len(feedback) != len(inputs):
+            raise ValueError(f"got {len(feedback)} feedback texts but {len(inputs)} inputs")
+        r = self.retriever
+        keys = mean_hidden(r.encoder, r.tokenizer, feedback)  # E(m), (N, d)
+        return (r.query_map(mean_hidden(r.encoder, r.tokenizer, inputs)) * keys).sum(-1)
+
+    @torch.no_grad()
     def fit_threshold(self, examples: Sequence[tuple[str, str, float]]) -> float:
         """Set ``tau`` from ``(feedback, input, relevant)`` triples of *training* edits
-        (:func:`lfm_ref.editing.serac.scope_examples`): the score, among the midpoints between
-        sorted scores, that classifies the most triples right. Returns it."""
+        (:func:`lfm_ref.editing.serac.scope_examples`): the score, among the midpoints
+        between sorted scores, that classifies the most triples right. Returns it."""
         examples = checks.non_empty(examples, "examples")
         labels = torch.tensor([float(y) for _, _, y in examples])
         if not (labels.min() == 0 and labels.max() == 1):
-            raise ValueError("examples must hold both relevant (1) and irrelevant (0) pairs")
-        r = self.retriever
-        keys = mean_hidden(r.encoder, r.tokenizer, [m for m, _, _ in examples])  # E(m), (P, d)
-        queries = r.query_map(mean_hidden(r.encoder, r.tokenizer, [x for _, x, _ in examples]))
-        scores = (queries * keys).sum(-1).cpu()  # s(x, m) per pair, (P,)
+            raise ValueError("examples must hold both relevant (1) and irrelevant (0) "
+                             "pairs")
+        feedback, inputs = [m for m, _, _ in examples], [x for _, x, _ in examples]
+        scores = self.pair_scores(feedback, inputs).cpu()  # s(x, m) per pair, (P,)
         ordered = scores.sort().values
+        # every cut that separates two neighbouring scores, and one below them all
         candidates = torch.cat([ordered[:1] - 1, (ordered[1:] + ordered[:-1]) / 2])
-        right = ((scores[None] >= candidates[:, None]).float() == labels[None]).float().sum(1)
+        predicted = (scores[None] >= candidates[:, None]).float()  # (C, P)
+        right = (predicted == labels[None]).float().sum(1)
         self.threshold = candidates[right.argmax()].item()
         return self.threshold
 

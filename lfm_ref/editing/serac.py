@@ -91,14 +91,18 @@ class ScopeClassifier(nn.Module):
         return ids.to(dev), mask.to(dev)
 
     def _logits(self, e_ids, e_mask, x_ids, x_mask) -> torch.Tensor:
-        """Broadcasting core: ``e_*`` ``(..., Te)``, ``x_*`` ``(..., Tq)`` -> logits ``(...)``."""
+        """Broadcasting core: edits ``(..., Te)``, inputs ``(..., Tq)`` -> ``(...)``."""
         table = self._embeddings[0]
         u = F.normalize(table[e_ids], dim=-1)  # (..., Te, d)
         v = F.normalize(table[x_ids], dim=-1)  # (..., Tq, d)
-        cos = (u.unsqueeze(-2) * v.unsqueeze(-3)).sum(-1)  # (..., Te, Tq): cos(u_j, v_t)
-        best = cos.masked_fill(~x_mask.unsqueeze(-2), -1.0).max(-1).values  # (..., Te): max_t
-        a = F.softplus(self.importance(table[e_ids])).squeeze(-1) * e_mask  # (..., Te): a_j
-        score = (a * best).sum(-1) / a.sum(-1).clamp_min(1e-6)  # sum_j a_j max_t cos / sum_j a_j
+        # cos(u_j, v_t), (..., Te, Tq)
+        cos = (u.unsqueeze(-2) * v.unsqueeze(-3)).sum(-1)
+        # max_t cos(u_j, v_t) over the input's real tokens, (..., Te)
+        best = cos.masked_fill(~x_mask.unsqueeze(-2), -1.0).max(-1).values
+        # a_j = softplus(w . u_j), zero on padding, (..., Te)
+        a = F.softplus(self.importance(table[e_ids])).squeeze(-1) * e_mask
+        # sum_j a_j max_t cos / sum_j a_j
+        score = (a * best).sum(-1) / a.sum(-1).clamp_min(1e-6)
         return self.scale * score + self.bias
 
     def logits(self, edits: Sequence[str], inputs: Sequence[str]) -> torch.Tensor:
@@ -106,6 +110,12 @@ class ScopeClassifier(nn.Module):
         e_ids, e_mask = self.token_ids(edits)
         x_ids, x_mask = self.token_ids(inputs)
         return self._logits(e_ids[None], e_mask[None], x_ids[:, None], x_mask[:, None])  # (Q, M)
+
+    def pair_logits(self, edits: Sequence[str], inputs: Sequence[str]) -> torch.Tensor:
+        """``(N,)`` logits of ``g(edits[i], inputs[i])``: pairs, elementwise."""
+        if len(edits) != len(inputs):
+            raise ValueError(f"got {len(edits)} edits but {len(inputs)} inputs")
+        return self._logits(*self.token_ids(edits), *self.token_ids(inputs))
 
     def fit(self, examples: Sequence[tuple[str, str, float]], steps: int = 150, lr: float = 3e-2,
             batch_size: int = 512, seed: int = 0) -> list[float]:
