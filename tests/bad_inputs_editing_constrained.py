@@ -35,3 +35,17 @@ CASES += [
      r"layer must be one of \[0, 1, 2, 3\]"),
     ("editing-patcher-empty-memory", lambda: TransformerPatcher([]), ValueError, "memory"),
 ]
+
+from lfm_ref.editing.calinet import CaliNet  # noqa: E402
+from lfm_ref.editing.nl_patches import LanguagePatch, NaturalLanguagePatches  # noqa: E402
+
+CASES += [
+    ("editing-calinet-layer-out-of-range", lambda: _edit(CaliNet(layer=5)), ValueError,
+     r"layer must be one of \[0, 1, 2, 3\]"),
+    ("editing-calinet-zero-slots", lambda: CaliNet(slots=0), ValueError, "slots"),
+    ("editing-calinet-empty-requests", lambda: _edit(CaliNet(), []), ValueError, "requests"),
+    ("editing-nl-patches-gate-type", lambda: NaturalLanguagePatches("a gate"), TypeError,
+     r"gate must be a ScopeClassifier"),
+    ("editing-nl-patch-empty-condition", lambda: LanguagePatch("", "Ana works as a poet ."), ValueError,
+     r"a patch's condition must be a non-empty string, got ''"),
+]

@@ -3,6 +3,7 @@ from functools import lru_cache
 
 from lfm_ref import zoo
 from lfm_ref.data import EditRequest, FactWorld
+from lfm_ref.editing.incontext import InContextLM
 from lfm_ref.editing.memprompt import MemPrompt
 from lfm_ref.editing.serac import ScopeClassifier, Serac, scope_examples
 from lfm_ref.retrieval.rag import DenseRetriever
@@ -35,4 +36,7 @@ CASES = [
         ["a ."], ["a", "b"]), ValueError, r"got 1 feedback texts but 2 inputs"),
     ("editing-memprompt-retriever-type", lambda: MemPrompt(_setting()[0]), TypeError,
      r"retriever must be a lfm_ref.retrieval.DenseRetriever, got GPT2LMHeadModel"),
+    ("editing-incontext-router-answer", lambda: InContextLM(
+        *_setting()[:2], lambda texts: [3] * len(texts)).routes(["a b"]), TypeError,
+     r"the router must answer None, a context string or \(context, gate\), got 3"),
 ]

@@ -8,6 +8,10 @@ The rewritten rows are longer, so their logits are aligned on the right: positio
 input of ``n`` tokens gets the rewritten row's position ``t + (n' - n)``, which makes the last
 position, the one that predicts the next token, exactly the reader's.
 
+A router may also answer ``(context, g)`` with a gate ``g`` in [0, 1]: that row's aligned positions
+then predict the mixture ``g p_reader + (1 - g) p_base`` (natural-language patches, Murty et al.,
+2022, Eq. 1), returned as its log-probabilities.
+
 Chapter: notebooks/16_editing_memory.ipynb.
 """
 from __future__ import annotations
@@ -39,12 +43,20 @@ class InContextLM(nn.Module):
         self.router = router
         self.config = getattr(base, "config", None)
 
-    def routes(self, texts: Sequence[str]) -> list[str | None]:
-        """The context each text gets (``None``: it goes to the base model untouched)."""
+    def routes(self, texts: Sequence[str]) -> list:
+        """The context each text gets: ``None`` (the base model, untouched), a string (the
+        reader on it), or ``(string, gate)`` (the gated mixture of both)."""
         contexts = list(self.router(list(texts)))
         if len(contexts) != len(texts):
-            raise ValueError(f"the router must answer one context (or None) per text, got {len(contexts)} "
-                             f"for {len(texts)} texts")
+            raise ValueError(f"the router must answer one context (or None) per text, got "
+                             f"{len(contexts)} for {len(texts)} texts")
+        for c in contexts:
+            gated = isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str)
+            if not (c is None or isinstance(c, str) or gated):
+                raise TypeError(f"the router must answer None, a context string or (context, "
+                                f"gate), got {c!r}")
+            if gated and not 0 <= float(c[1]) <= 1:
+                raise ValueError(f"a gate must lie in [0, 1], got {c[1]!r}")
         return contexts
 
     def forward(self, input_ids: torch.Tensor,
@@ -54,10 +66,11 @@ class InContextLM(nn.Module):
         out = self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         texts = [self.tokenizer.decode(row[m.bool()], skip_special_tokens=True)
                  for row, m in zip(input_ids, attention_mask)]
-        contexts = self.routes(texts)
-        rows = [i for i, c in enumerate(contexts) if c is not None]
+        routes = self.routes(texts)
+        rows = [i for i, c in enumerate(routes) if c is not None]
         if not rows:
             return out
+        contexts = [c[0] if isinstance(c, tuple) else c for c in routes]
         dev = device_of(self.reader)
         read = encode(self.tokenizer, [f"{contexts[i]} {texts[i]}" for i in rows])
         batch = {k: v.to(dev) for k, v in read.items()}
@@ -69,6 +82,14 @@ class InContextLM(nn.Module):
             n, m = lengths[i], new_lengths[j]
             # align the last k real positions: the last one predicts the next token
             k = min(n, m)
-            logits[i, n - k:n] = routed[j, m - k:m]
+            if not isinstance(routes[i], tuple):
+                logits[i, n - k:n] = routed[j, m - k:m]
+                continue
+            g = logits.new_tensor(float(routes[i][1]))
+            log_reader = routed[j, m - k:m].log_softmax(-1)  # (k, V)
+            log_base = logits[i, n - k:n].log_softmax(-1)    # (k, V)
+            # log(g p_reader + (1 - g) p_base), safe at g = 0 and g = 1
+            logits[i, n - k:n] = torch.logaddexp(log_reader + g.log(),
+                                                 log_base + (-g).log1p())
         out.logits = logits
         return out
