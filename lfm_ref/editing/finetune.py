@@ -79,7 +79,8 @@ class FineTuneEditor:
         self.seed = checks.integer(seed, "seed", minimum=0)
         self.name = "FT" if norm_bound is None else "FT-L"
 
-    def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> Edit:
+    def edit(self, model: nn.Module, tokenizer,
+             requests: Sequence[EditRequest]) -> Edit:
         requests = check_requests(requests, tokenizer, self.max_requests, self.name)
         name = mlp_name(model, self.layer, self.part)
         weight = get_module(model, name).weight
@@ -87,16 +88,16 @@ class FineTuneEditor:
         start = weight.detach().clone()
         delta = self.norm_bound
 
-        def project(step, model):  # W <- clip(W, W_0 - delta, W_0 + delta): Zhu et al. Eq. 2
-            if delta is not None:
+        def project(step, model):  # Zhu et al. Eq. 2, after every step:
+            if delta is not None:      # W <- clip(W, W_0 - delta, W_0 + delta)
                 with torch.no_grad():
-                    weight.copy_(torch.maximum(torch.minimum(weight, start + delta), start - delta))
+                    weight.copy_(torch.clamp(weight, start - delta, start + delta))
 
         model.requires_grad_(False)
         weight.requires_grad_(True)
-        device = weight.device
-        fit(model, edit_dataset(tokenizer, requests), loss_fn=last_token_objective(), steps=self.steps,
-            batch_size=len(requests), lr=self.lr, params=[weight], schedule="constant", device=device,
-            seed=self.seed, progress=False, callback=project, every=1)
+        fit(model, edit_dataset(tokenizer, requests), loss_fn=last_token_objective(),
+            steps=self.steps, batch_size=len(requests), lr=self.lr, params=[weight],
+            schedule="constant", device=weight.device, seed=self.seed, progress=False,
+            callback=project, every=1)
         snapshot.restore_flags()  # grads and modes as they were; the edit itself stays
         return Edit(model, snapshot.restore, self.name, requests)

@@ -72,10 +72,11 @@ class _PatchMemory:
         self.patches: list[LanguagePatch] = []
 
     @torch.no_grad()
-    def __call__(self, texts: Sequence[str]) -> list[tuple[str, float] | None]:
+    def __call__(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         if not self.patches:
             return [None] * len(texts)
-        z = self.editor.gate.logits([p.condition for p in self.patches], texts)  # (Q, P)
+        conditions = [p.condition for p in self.patches]
+        z = self.editor.gate.logits(conditions, texts)  # (Q, P)
         best, i = z.max(1)  # p* = argmax_p g(x, c_p): the sigmoid keeps the order
         gates = torch.sigmoid(best).tolist()
         return [(self.patches[j].consequence, g) for g, j in zip(gates, i.tolist())]
