@@ -28,6 +28,7 @@ def test_restore_is_bit_equal_and_only_the_chosen_weight_moves(tiny_gpt, request
     name = mlp_name(model, 1) + ".weight"
     moved = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
     assert moved == [name]
+    assert all(p.grad is None for p in model.parameters())  # as found: no gradients left behind
     assert edit.restore() is model and _equal(model, before) and not model.training
 
 

@@ -37,7 +37,7 @@ from ..hooks import get_module, set_module
 from ..lm import next_token_hits
 
 __all__ = ["EditRequest", "EditScores", "Edit", "Editor", "ModelSnapshot", "check_requests",
-           "evaluate_edits", "sequential_edits"]
+           "evaluate_edits", "sequential_edits", "subject_last_token", "block_output"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class EditScores:
 
 class ModelSnapshot:
     """What an editor must be able to give back: the values of the parameters it will change (cloned),
-    every parameter's ``requires_grad`` and every module's ``training`` flag, and the module objects it
-    will replace. :meth:`restore` puts all of it back, so the caller's model is bit-equal to before.
+    every parameter's ``requires_grad`` flag and ``.grad``, every module's ``training`` flag, and the
+    module objects it will replace. :meth:`restore` puts all of it back, so the caller's model is bit-equal to before.
 
     >>> snap = ModelSnapshot(model, parameters=["transformer.h.1.mlp.c_proj.weight"])
     >>> ...  # change that weight, swap modules with snap.replace_module(name, new)
@@ -75,6 +75,7 @@ class ModelSnapshot:
             raise ValueError(f"{type(model).__name__} has no parameters {missing}; see model.named_parameters()")
         self._values = {n: named[n].detach().clone() for n in parameters}
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        self._grads = [(p, p.grad) for p in model.parameters()]  # training leaves .grad behind
         self._training = [(m, m.training) for m in model.modules()]
         self._modules: list[tuple[str, nn.Module]] = []
 
@@ -94,10 +95,13 @@ class ModelSnapshot:
         return self.restore_flags()
 
     def restore_flags(self) -> nn.Module:
-        """Give back only the ``requires_grad`` and ``training`` flags: for an editor that froze the
-        model to train its own parameters and keeps its change (values and modules stay)."""
+        """Give back only the ``requires_grad`` and ``training`` flags and the ``.grad`` each parameter
+        had: for an editor that froze the model to train its own parameters and keeps its change
+        (values and modules stay)."""
         for p, flag in self._requires_grad:
             p.requires_grad_(flag)
+        for p, grad in self._grads:
+            p.grad = grad
         for m, flag in self._training:
             m.training = flag
         return self.model
@@ -183,6 +187,39 @@ def check_requests(requests, tokenizer, max_requests: int | None = None, editor:
 
     target_ids(tokenizer, [t for r in requests for t in (r.target_true, r.target_new)])
     return requests
+
+
+def subject_last_token(tokenizer, prompt: str, subject: str) -> int:
+    """The position of ``subject``'s last token in ``tokenizer(prompt)`` (specials included): where
+    causal tracing finds facts recalled and where ROME, MEMIT and knowledge neurons read and write.
+    Found by tokenising the prompt up to the subject's end, so it holds for word-level and BPE
+    tokenizers alike (a subject followed by a space ends on a token boundary in both)."""
+    for name, value in (("prompt", prompt), ("subject", subject)):
+        if not isinstance(value, str) or not value.strip():
+            raise TypeError(f"{name} must be a non-empty string, got {type(value).__name__} ({value!r:.60})")
+    end = prompt.find(subject)
+    if end < 0:
+        raise ValueError(f"subject {subject!r} is not found in the prompt {prompt!r}")
+    end += len(subject)
+    n = len(tokenizer(prompt[:end])["input_ids"])
+    if tokenizer(prompt)["input_ids"][:n] != tokenizer(prompt[:end])["input_ids"]:
+        raise ValueError(f"the tokenizer splits {prompt!r} across the end of {subject!r}; the subject "
+                         "must end on a token boundary")
+    return n - 1
+
+
+def block_output(output, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """Apply ``fn`` to the hidden states a GPT-2 block (or its attention) returns: a tensor in
+    transformers 5, a tuple whose first element is the hidden states in earlier versions and for
+    attention. For :func:`lfm_ref.hooks.patch_outputs` on a block."""
+    if isinstance(output, tuple):
+        return (fn(output[0]), *output[1:])
+    return fn(output)
+
+
+def hidden_of(output) -> torch.Tensor:
+    """The hidden states in what a block or its attention returns (see :func:`block_output`)."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _request_hits(model, tokenizer, requests: Sequence[EditRequest]) -> list[tuple[float, float, float]]:
