@@ -6,10 +6,13 @@ tokenizer, requests)`` returning an :class:`Edit` (``.model``, ``.restore()``), 
 (SERAC's scope classifier and counterfactual reader) and ``memprompt`` (MemPrompt's feedback memory),
 both on the ``incontext`` shell; ``finetune`` (FT and FT-L), ``patcher`` (Transformer-Patcher),
 ``calinet`` (CaliNet's calibration slots) and ``nl_patches`` (natural-language patches, on the
-``incontext`` shell's gated rows).
+``incontext`` shell's gated rows). Locate and edit: ``tracing`` (causal tracing),
+``knowledge_neurons`` (integrated gradients over FFN neurons, and Dai et al.'s edit), ``rome``
+(ROME's rank-one update) and ``memit`` (MEMIT's batched update over layers).
 
-Chapters: notebooks/16_editing_memory.ipynb (memory-based editors) and
-notebooks/17_editing_constrained.ipynb (constrained tuning).
+Chapters: notebooks/16_editing_memory.ipynb (memory-based editors),
+notebooks/17_editing_constrained.ipynb (constrained tuning) and
+notebooks/18_locate_and_edit.ipynb (locate and edit).
 """
 from .base import (
     Edit,
@@ -20,18 +23,32 @@ from .base import (
     check_requests,
     evaluate_edits,
     sequential_edits,
+    subject_last_token,
 )
 from .calinet import CalibratedFFN, CaliNet
 from .finetune import FineTuneEditor, edit_dataset, last_token_objective, mlp_name
 from .grace import Grace, GraceLayer
 from .incontext import InContextLM
+from .knowledge_neurons import (
+    KnowledgeNeuronEditor,
+    integrated_gradients,
+    knowledge_neurons,
+    neuron_probability,
+)
+from .memit import Memit, memit_update
 from .memprompt import MemPrompt
 from .nl_patches import LanguagePatch, NaturalLanguagePatches, gate_examples, patch_for
 from .patcher import PatchedFFN, TransformerPatcher
+from .rome import Rome, check_invertible, key_covariance, mlp_keys, rank_one_update, target_deltas
 from .serac import ScopeClassifier, Serac, scope_examples
+from .tracing import Trace, causal_trace, corrupted_probability, subject_span
 
 __all__ = ["Edit", "EditRequest", "Editor", "EditScores", "ModelSnapshot", "check_requests", "evaluate_edits",
            "sequential_edits", "Grace", "GraceLayer", "InContextLM", "MemPrompt", "ScopeClassifier", "Serac",
            "scope_examples",
            "FineTuneEditor", "edit_dataset", "last_token_objective", "mlp_name", "PatchedFFN", "TransformerPatcher",
-           "CalibratedFFN", "CaliNet", "LanguagePatch", "NaturalLanguagePatches", "gate_examples", "patch_for"]
+           "CalibratedFFN", "CaliNet", "LanguagePatch", "NaturalLanguagePatches", "gate_examples", "patch_for",
+           "subject_last_token", "Trace", "causal_trace", "corrupted_probability", "subject_span",
+           "KnowledgeNeuronEditor", "integrated_gradients", "knowledge_neurons", "neuron_probability",
+           "Rome", "check_invertible", "key_covariance", "mlp_keys", "rank_one_update", "target_deltas",
+           "Memit", "memit_update"]
