@@ -5,7 +5,7 @@ import torch
 
 from lfm_ref import zoo
 from lfm_ref.data import FactWorld
-from lfm_ref.editing.knowledge_neurons import integrated_gradients, knowledge_neurons, neuron_probability
+from lfm_ref.editing.knowledge_neurons import find_knowledge_neurons, integrated_gradients, neuron_probability
 from lfm_ref.editing.memit import Memit
 from lfm_ref.editing.rome import Rome
 from lfm_ref.editing.tracing import causal_trace, corrupted_probability
@@ -62,6 +62,6 @@ CASES = [
      lambda: neuron_probability(*_setting()[:2], ["a b", "c d"], ["baker"]), ValueError,
      "2 prompts but 1 targets"),
     ("editing-kn-threshold-above-one",
-     lambda: knowledge_neurons(*_setting()[:2], ["Ana works as a"], "baker", threshold=2.0),
+     lambda: find_knowledge_neurons(*_setting()[:2], ["Ana works as a"], "baker", threshold=2.0),
      ValueError, "threshold"),
 ]

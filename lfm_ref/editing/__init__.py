@@ -31,8 +31,8 @@ from .grace import Grace, GraceLayer
 from .incontext import InContextLM
 from .knowledge_neurons import (
     KnowledgeNeuronEditor,
+    find_knowledge_neurons,
     integrated_gradients,
-    knowledge_neurons,
     neuron_probability,
 )
 from .memit import Memit, memit_update
@@ -49,6 +49,6 @@ __all__ = ["Edit", "EditRequest", "Editor", "EditScores", "ModelSnapshot", "chec
            "FineTuneEditor", "edit_dataset", "last_token_objective", "mlp_name", "PatchedFFN", "TransformerPatcher",
            "CalibratedFFN", "CaliNet", "LanguagePatch", "NaturalLanguagePatches", "gate_examples", "patch_for",
            "subject_last_token", "Trace", "causal_trace", "corrupted_probability", "subject_span",
-           "KnowledgeNeuronEditor", "integrated_gradients", "knowledge_neurons", "neuron_probability",
+           "KnowledgeNeuronEditor", "integrated_gradients", "find_knowledge_neurons", "neuron_probability",
            "Rome", "check_invertible", "key_covariance", "mlp_keys", "rank_one_update", "target_deltas",
            "Memit", "memit_update"]

@@ -32,18 +32,19 @@ from ..utils import device_of, eval_mode
 from .base import Edit, EditRequest, ModelSnapshot, check_requests
 from .finetune import mlp_name
 
-__all__ = ["integrated_gradients", "knowledge_neurons", "neuron_probability",
+__all__ = ["integrated_gradients", "find_knowledge_neurons", "neuron_probability",
            "KnowledgeNeuronEditor"]
 
 
-def integrated_gradients(model: nn.Module, tokenizer, prompt: str, target: str, layer: int,
-                         steps: int = 20) -> torch.Tensor:
-    """``Attr(w_i)`` for every neuron of block ``layer``'s FFN at the last token of ``prompt``,
-    ``(m,)``, on the CPU (module docstring). The model's parameters get no gradient."""
+def integrated_gradients(model: nn.Module, tokenizer, prompt: str, target: str,
+                         layer: int, steps: int = 20) -> torch.Tensor:
+    """``Attr(w_i)`` for every neuron of block ``layer``'s FFN at the last token of
+    ``prompt``, ``(m,)``, on the CPU (module docstring). The model gets no gradient."""
     checks.module(model)
     steps = checks.positive_int(steps, "steps")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise TypeError(f"prompt must be a non-empty string, got {type(prompt).__name__} ({prompt!r:.60})")
+        raise TypeError(f"prompt must be a non-empty string, got "
+                        f"{type(prompt).__name__} ({prompt!r:.60})")
     name = mlp_name(model, layer, "mlp.act")
     dev = device_of(model)
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=dev)  # (1, T)
@@ -54,7 +55,7 @@ def integrated_gradients(model: nn.Module, tokenizer, prompt: str, target: str, 
     alphas = (torch.arange(steps, device=dev, dtype=w_bar.dtype) + 0.5) / steps
     scaled = (alphas[:, None] * w_bar[None]).requires_grad_(True)           # (steps, m)
 
-    def set_last(h):  # the layer's activations at the predicting token <- alpha_j * w_bar
+    def set_last(h):  # the activations where it predicts <- alpha_j * w_bar
         h = h.clone()
         h[:, -1] = scaled
         return h
@@ -64,15 +65,15 @@ def integrated_gradients(model: nn.Module, tokenizer, prompt: str, target: str, 
     try:
         with eval_mode(model), patch_outputs(model, {name: set_last}):
             logits = model(input_ids=ids.expand(steps, -1)).logits[:, -1]   # (steps, V)
-            p = logits.float().softmax(-1)[:, y]                              # P_x(alpha_j w_bar)
+            p = logits.float().softmax(-1)[:, y]                # P_x(alpha_j w_bar)
             (grad,) = torch.autograd.grad(p.sum(), scaled)
     finally:
         for param, flag in flags:
             param.requires_grad_(flag)
-    return (w_bar * grad.mean(0)).detach().cpu()                           # midpoint rule
+    return (w_bar * grad.mean(0)).detach().cpu()             # the midpoint rule
 
 
-def knowledge_neurons(model: nn.Module, tokenizer, prompts: Sequence[str], target: str,
+def find_knowledge_neurons(model: nn.Module, tokenizer, prompts: Sequence[str], target: str,
                       layers: Sequence[int] | None = None, threshold: float = 0.2,
                       share: float = 0.5, steps: int = 20) -> list[tuple[int, int]]:
     """The ``(layer, neuron)`` pairs whose attribution exceeds ``threshold`` times the prompt's largest
@@ -142,7 +143,7 @@ class KnowledgeNeuronEditor:
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> Edit:
         (r,) = check_requests(requests, tokenizer, self.max_requests, self.name)
         prompts = [r.prompt, *r.paraphrases[:-1]]
-        self.neurons = knowledge_neurons(model, tokenizer, prompts, r.target_true, self.layers,
+        self.neurons = find_knowledge_neurons(model, tokenizer, prompts, r.target_true, self.layers,
                                          self.threshold, self.share, self.steps)
         names = sorted({mlp_name(model, layer) for layer, _ in self.neurons})
         snapshot = ModelSnapshot(model, parameters=[n + ".weight" for n in names])

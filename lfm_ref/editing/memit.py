@@ -39,11 +39,12 @@ __all__ = ["Memit", "memit_update"]
 
 def memit_update(weight: torch.Tensor, keys: torch.Tensor, residuals: torch.Tensor,
                  covariance: torch.Tensor, mom2_weight: float) -> torch.Tensor:
-    """MEMIT's Eq. 14 for one layer: ``Delta = R^T K (lambda C + K^T K)^{-1}``, ``d x m``, with
-    ``keys`` ``K`` (``n x m``), ``residuals`` ``R`` (``n x d``) and ``C`` (``m x m``)."""
+    """MEMIT's Eq. 14 for one layer: ``Delta = R^T K (lambda C + K^T K)^{-1}``,
+    ``d x m``, from the keys ``K`` (``n x m``), residuals ``R`` (``n x d``), ``C``."""
     k, r = keys.double(), residuals.double()
-    a = mom2_weight * covariance.double().to(k.device) + k.T @ k  # lambda C + K^T K, (m, m)
-    return torch.linalg.solve(a, k.T @ r).T.to(weight.dtype)      # (A^{-1} K^T R)^T = R^T K A^{-1}
+    c = covariance.double().to(k.device)
+    a = mom2_weight * c + k.T @ k                          # lambda C + K^T K, (m, m)
+    return torch.linalg.solve(a, k.T @ r).T.to(weight.dtype)  # R^T K A^{-1}, (d, m)
 
 
 @torch.no_grad()
@@ -100,20 +101,21 @@ class Memit:
             self._cached = (id(model), [check_invertible(c, self.damping) for c in cs])
         return self._cached[1]
 
-    def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> Edit:
+    def edit(self, model: nn.Module, tokenizer,
+             requests: Sequence[EditRequest]) -> Edit:
         requests = check_requests(requests, tokenizer, self.max_requests, self.name)
         _gpt2_blocks(model, self.name)
-        names = [mlp_name(model, layer) for layer in self.layers]  # a ValueError if out of range
+        names = [mlp_name(model, layer) for layer in self.layers]  # checks the range
         covariances = self._covariances(model, tokenizer)
         snapshot = ModelSnapshot(model, parameters=[n + ".weight" for n in names])
         last = self.layers[-1]
         delta, h0 = target_deltas(model, tokenizer, requests, f"transformer.h.{last}",
                                   self.prefixes, **self.opt)
-        z = h0 + delta                                               # z_i = h_i^L + delta_i
+        z = h0 + delta                                       # z_i = h_i^L + delta_i
         for i, (layer, name, c) in enumerate(zip(self.layers, names, covariances)):
-            keys = mlp_keys(model, tokenizer, requests, layer, self.prefixes)        # K, (n, m)
-            residual = (z - _hidden_at_subject(model, tokenizer, requests, last))    # (n, d)
-            residual = residual / (len(self.layers) - i)             # spread over the layers left
+            keys = mlp_keys(model, tokenizer, requests, layer, self.prefixes)  # (n, m)
+            h = _hidden_at_subject(model, tokenizer, requests, last)  # h_i^L now
+            residual = (z - h) / (len(self.layers) - i)      # spread over layers left
             weight = linear_weight(get_module(model, name))
             with torch.no_grad():
                 weight.add_(memit_update(weight, keys, residual, c, self.mom2_weight))

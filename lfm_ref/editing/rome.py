@@ -86,12 +86,16 @@ def check_invertible(covariance: torch.Tensor, damping: float = 0.0) -> torch.Te
 
 def rank_one_update(weight: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     covariance: torch.Tensor | None = None) -> torch.Tensor:
-    """ROME's Eq. 2: the ``d x m`` update ``Lambda u^T / (u^T k*)`` with ``u = C^{-1} k*`` (``u = k*``
-    without a covariance) and ``Lambda = v* - W k*``, so that ``(W + update) k* = v*``."""
+    """ROME's Eq. 2: the ``d x m`` update ``Lambda u^T / (u^T k*)``, with
+    ``u = C^{-1} k*`` (``u = k*`` without a covariance) and ``Lambda = v* - W k*``,
+    so that ``(W + update) k* = v*``."""
     w = weight.double()
     k, v = key.double().to(w.device), value.double().to(w.device)
-    u = k if covariance is None else torch.linalg.solve(covariance.double().to(w.device), k)  # C^{-1} k*
-    residual = v - w @ k                                      # Lambda = v* - W k*, (d,)
+    if covariance is None:
+        u = k                                                    # EasyEdit's C = I
+    else:
+        u = torch.linalg.solve(covariance.double().to(w.device), k)  # C^{-1} k*, (m,)
+    residual = v - w @ k                                 # Lambda = v* - W k*, (d,)
     return (torch.outer(residual, u) / (u @ k)).to(weight.dtype)  # (d, m), rank one
 
 
@@ -238,17 +242,19 @@ class Rome:
             self._cached = (id(model), check_invertible(c, self.damping))
         return self._cached[1]
 
-    def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> Edit:
+    def edit(self, model: nn.Module, tokenizer,
+             requests: Sequence[EditRequest]) -> Edit:
         requests = check_requests(requests, tokenizer, self.max_requests, self.name)
         _gpt2_blocks(model, self.name)
         name = mlp_name(model, self.layer)
         weight = linear_weight(get_module(model, name))  # (d, m), a view for Conv1D
         c = self._covariance(model, tokenizer)
         snapshot = ModelSnapshot(model, parameters=[name + ".weight"])
-        key = mlp_keys(model, tokenizer, requests, self.layer, self.prefixes)[0]     # k*
-        delta, _ = target_deltas(model, tokenizer, requests, mlp_name(model, self.layer, "mlp"),
-                                 self.prefixes, **self.opt)
+        key = mlp_keys(model, tokenizer, requests, self.layer, self.prefixes)[0]  # k*
+        mlp = mlp_name(model, self.layer, "mlp")
+        delta, _ = target_deltas(model, tokenizer, requests, mlp, self.prefixes,
+                                 **self.opt)
         with torch.no_grad():
-            value = weight @ key + delta[0]                                         # v* = W k* + delta
-            weight.add_(rank_one_update(weight, key, value, c))                     # W' k* = v*
+            value = weight @ key + delta[0]                       # v* = W k* + delta
+            weight.add_(rank_one_update(weight, key, value, c))   # W' k* = v*
         return Edit(model, snapshot.restore, self.name, requests)
