@@ -54,13 +54,14 @@ def _state_name(model: nn.Module, layer: int, kind: str) -> str:
 
 
 @torch.no_grad()
-def corrupted_probability(model: nn.Module, tokenizer, prompt: str, subject: str, target: str,
-                          restore: Iterable[tuple[int, int]] = (), kind: str = "hidden",
-                          noise: float | None = None, samples: int = 10, seed: int = 0) -> float:
-    """``P(target)`` after ``prompt`` with the subject's embeddings corrupted and the states
-    ``restore`` (pairs ``(layer, token)``) of ``kind`` set back to their clean values, averaged over
-    ``samples`` noise draws. ``noise=0`` is the clean run; restoring every token of one layer's
-    block output is the clean run too (everything after it sees clean inputs)."""
+def corrupted_probability(model: nn.Module, tokenizer, prompt: str, subject: str,
+                          target: str, restore: Iterable[tuple[int, int]] = (),
+                          kind: str = "hidden", noise: float | None = None,
+                          samples: int = 10, seed: int = 0) -> float:
+    """``P(target)`` after ``prompt`` with the subject's embeddings corrupted and the
+    states ``restore`` (pairs ``(layer, token)``) of ``kind`` set back to their clean
+    values, averaged over ``samples`` noise draws. ``noise=0`` is the clean run, and so
+    is restoring every token of one block's output (all after it sees clean inputs)."""
     checks.module(model)
     samples = checks.positive_int(samples, "samples")
     dev = device_of(model)
@@ -71,12 +72,17 @@ def corrupted_probability(model: nn.Module, tokenizer, prompt: str, subject: str
     n_layer, T = len(model.transformer.h), ids.shape[1]
     bad = [(x, t) for x, t in restore if not (0 <= x < n_layer and 0 <= t < T)]
     if bad:
-        raise ValueError(f"restore must hold (layer, token) pairs with layer in [0, {n_layer}) and "
-                         f"token in [0, {T}) for this prompt, got {bad[:4]}")
+        raise ValueError(f"restore must hold (layer, token) pairs with layer in "
+                         f"[0, {n_layer}) and token in [0, {T}) for this prompt, "
+                         f"got {bad[:4]}")
     wte = model.transformer.wte
-    scale = 3 * wte.weight.std().item() if noise is None else checks.number(noise, "noise", low=0)
+    if noise is None:
+        scale = 3 * wte.weight.std().item()  # nu: 3 standard deviations, as the paper
+    else:
+        scale = checks.number(noise, "noise", low=0)
     g = torch.Generator().manual_seed(checks.integer(seed, "seed", minimum=0))
-    eps = (torch.randn(samples, end - first, wte.weight.shape[1], generator=g) * scale).to(wte.weight)
+    eps = torch.randn(samples, end - first, wte.weight.shape[1], generator=g) * scale
+    eps = eps.to(wte.weight)  # the same draws for every restoration
     names = {x: _state_name(model, x, kind) for x, _ in restore}
     with eval_mode(model):
         with capture_outputs(model, sorted(set(names.values()))) as clean:
