@@ -65,3 +65,17 @@ CASES = [
      lambda: find_knowledge_neurons(*_setting()[:2], ["Ana works as a"], "baker", threshold=2.0),
      ValueError, "threshold"),
 ]
+
+from lfm_ref.editing.mend import Mend  # noqa: E402
+
+CASES += [
+    ("editing-mend-edit-before-meta-training", lambda: _edit(Mend(layers=[3])), ValueError,
+     "call meta_train"),
+    ("editing-mend-one-int-layer", lambda: Mend(layers=3), TypeError, "list of block indices"),
+    ("editing-mend-layer-out-of-range",
+     lambda: Mend(layers=[9]).meta_train(*_setting()[:2], _setting()[2], ["a b"], steps=1),
+     ValueError, r"layer must be one of \[0, 1, 2, 3\]"),
+    ("editing-mend-zero-steps",
+     lambda: Mend(layers=[3]).meta_train(*_setting()[:2], _setting()[2], ["a b"], steps=0),
+     ValueError, "steps"),
+]

@@ -8,7 +8,8 @@ both on the ``incontext`` shell; ``finetune`` (FT and FT-L), ``patcher`` (Transf
 ``calinet`` (CaliNet's calibration slots) and ``nl_patches`` (natural-language patches, on the
 ``incontext`` shell's gated rows). Locate and edit: ``tracing`` (causal tracing),
 ``knowledge_neurons`` (integrated gradients over FFN neurons, and Dai et al.'s edit), ``rome``
-(ROME's rank-one update) and ``memit`` (MEMIT's batched update over layers).
+(ROME's rank-one update) and ``memit`` (MEMIT's batched update over layers). Meta-learned:
+``mend`` (MEND's editor network on the gradient's rank-one factors).
 
 Chapters: notebooks/16_editing_memory.ipynb (memory-based editors),
 notebooks/17_editing_constrained.ipynb (constrained tuning) and
@@ -37,6 +38,7 @@ from .knowledge_neurons import (
 )
 from .memit import Memit, memit_update
 from .memprompt import MemPrompt
+from .mend import Mend, MendNet, gradient_factors
 from .nl_patches import LanguagePatch, NaturalLanguagePatches, gate_examples, patch_for
 from .patcher import PatchedFFN, TransformerPatcher
 from .rome import Rome, check_invertible, key_covariance, mlp_keys, rank_one_update, target_deltas
@@ -51,4 +53,4 @@ __all__ = ["Edit", "EditRequest", "Editor", "EditScores", "ModelSnapshot", "chec
            "subject_last_token", "Trace", "causal_trace", "corrupted_probability", "subject_span",
            "KnowledgeNeuronEditor", "integrated_gradients", "find_knowledge_neurons", "neuron_probability",
            "Rome", "check_invertible", "key_covariance", "mlp_keys", "rank_one_update", "target_deltas",
-           "Memit", "memit_update"]
+           "Memit", "memit_update", "Mend", "MendNet", "gradient_factors"]

@@ -1,0 +1,111 @@
+"""MEND (Mitchell et al., 2022): the editor network, its update's rank, the untrained MEND as one
+gradient step, and meta-training that lowers its loss (chapter 19)."""
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lfm_ref import lm
+from lfm_ref.editing.finetune import mlp_name
+from lfm_ref.editing.mend import Mend, MendNet, gradient_factors
+from lfm_ref.hooks import get_module, linear_weight
+
+
+@pytest.fixture(scope="module")
+def requests(world):
+    return world.edit_requests(n=6, seed=7, relation="profession")
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _moved(model, state):
+    return [k for k, v in model.state_dict().items() if not torch.equal(state[k], v)]
+
+
+def test_mend_net_is_the_identity_at_init_and_scale_equivariant():
+    g = torch.Generator().manual_seed(0)
+    net = MendNet(5, 3, rank=2)
+    u, d = torch.randn(4, 5, generator=g), torch.randn(4, 3, generator=g)
+    u2, d2 = net(u, d)
+    assert torch.allclose(u2, u, atol=1e-6) and torch.allclose(d2, d, atol=1e-6)
+    torch.nn.init.normal_(net.u1.weight, generator=g), torch.nn.init.normal_(net.u2.weight, generator=g)
+    a, b = net(u, d)
+    a3, b3 = net(3 * u, 0.5 * d)  # each part is normalised by its RMS and scaled back
+    assert torch.allclose(a3, 3 * a, atol=1e-5) and torch.allclose(b3, 0.5 * b, atol=1e-5)
+
+
+def test_gradient_factors_sum_to_the_weight_gradient(tiny_gpt, requests):
+    # Eq. 1: grad_W L = sum_t delta_t u_t^T
+    model, tok = tiny_gpt
+    name = mlp_name(model, 2)
+    u, d = gradient_factors(model, tok, requests[:2], [name])[name]
+    batch = lm.encode(tok, [r.prompt for r in requests[:2]])
+    last = batch["attention_mask"].sum(1) - 1
+    target = lm.target_ids(tok, [r.target_new for r in requests[:2]])
+    weight = get_module(model, name).weight
+    logits = model(**batch).logits[torch.arange(2), last]
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, target, reduction="sum"), weight)
+    assert torch.allclose(d.T @ u, grad.T, atol=1e-5)   # Conv1D stores W^T
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_untrained_mend_is_one_gradient_step_and_its_update_has_the_factors_rank(tiny_gpt, requests):
+    model, tok = tiny_gpt
+    mend = Mend(layers=[3], alpha=0.1)
+    mend._build(model)
+    name = mlp_name(model, 3)
+    upd = mend.updates(model, tok, requests[:1])[name]
+    u, d = gradient_factors(model, tok, requests[:1], [name])[name]
+    assert torch.allclose(upd, -0.1 * d.T @ u, atol=1e-6)          # W~ = W - alpha grad_W L
+    torch.nn.init.normal_(mend.nets[name.replace(".", "_")].u1.weight, std=0.1)
+    upd = mend.updates(model, tok, requests[:1])[name].detach()
+    n_tokens = len(u)
+    # float32 sums of n_tokens rank-one terms: the rest of the spectrum is rounding
+    assert torch.linalg.matrix_rank(upd.double(), rtol=1e-4).item() <= n_tokens < min(upd.shape)
+
+
+def test_edit_before_meta_training_is_refused(tiny_gpt, requests):
+    model, tok = tiny_gpt
+    with pytest.raises(ValueError, match="meta_train"):
+        Mend(layers=[3]).edit(model, tok, requests[:1])
+
+
+def test_meta_training_lowers_its_loss_and_edit_restores(tiny_gpt, world, requests):
+    model, tok = tiny_gpt
+    before = _state(model)
+    train = world.edit_requests(n=40, seed=8, relation="profession")
+    local = [f.prompt(0) for f in world.split("train")[:50]]
+    mend = Mend(layers=[2, 3], alpha=1e-2)
+    losses = mend.meta_train(model, tok, train, local, steps=60, batch_size=4, lr=1e-3)
+    assert sum(losses[-15:]) / 15 < 0.8 * sum(losses[:15]) / 15
+    assert not _moved(model, before) and all(p.grad is None for p in model.parameters())
+    edit = mend.edit(model, tok, requests[:3])
+    assert sorted(_moved(model, before)) == [mlp_name(model, x) + ".weight" for x in (2, 3)]
+    edit.restore()
+    assert not _moved(model, before)
+
+
+def test_mend_on_a_config_built_gpt2(world, requests):
+    tok = world.tokenizer()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=3, n_embd=48, n_head=2,
+                                       n_positions=64)).eval()
+    before = _state(model)
+    mend = Mend(layers=[1, 2])
+    mend.meta_train(model, tok, requests, [r.prompt for r in requests], steps=2, batch_size=2)
+    w = linear_weight(get_module(model, mlp_name(model, 2)))
+    assert w.shape == (48, 192)
+    mend.edit(model, tok, requests[:2]).restore()
+    assert not _moved(model, before)
+
+
+@pytest.mark.gpu
+def test_mend_on_cuda(world, requests):
+    from lfm_ref import zoo
+
+    model, tok = zoo.load("tiny-gpt", device="cuda")
+    before = _state(model)
+    mend = Mend(layers=[3])
+    mend.meta_train(model, tok, requests, [r.prompt for r in requests], steps=3, batch_size=2)
+    mend.edit(model, tok, requests[:2]).restore()
+    assert not _moved(model, before)
