@@ -79,3 +79,13 @@ CASES += [
      lambda: Mend(layers=[3]).meta_train(*_setting()[:2], _setting()[2], ["a b"], steps=0),
      ValueError, "steps"),
 ]
+
+from lfm_ref.editing.knowledge_editor import KnowledgeEditor  # noqa: E402
+
+CASES += [
+    ("editing-ke-edit-before-meta-training", lambda: _edit(KnowledgeEditor(layers=[3])), ValueError,
+     "call meta_train"),
+    ("editing-ke-two-requests", lambda: _edit(KnowledgeEditor(layers=[3]), _setting()[2]), ValueError,
+     "at most 1 request"),
+    ("editing-ke-negative-margin", lambda: KnowledgeEditor(margin=-1.0), ValueError, "margin"),
+]

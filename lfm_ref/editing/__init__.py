@@ -9,7 +9,8 @@ both on the ``incontext`` shell; ``finetune`` (FT and FT-L), ``patcher`` (Transf
 ``incontext`` shell's gated rows). Locate and edit: ``tracing`` (causal tracing),
 ``knowledge_neurons`` (integrated gradients over FFN neurons, and Dai et al.'s edit), ``rome``
 (ROME's rank-one update) and ``memit`` (MEMIT's batched update over layers). Meta-learned:
-``mend`` (MEND's editor network on the gradient's rank-one factors).
+``knowledge_editor`` (KnowledgeEditor's hypernetwork) and ``mend`` (MEND's editor network on the
+gradient's rank-one factors).
 
 Chapters: notebooks/16_editing_memory.ipynb (memory-based editors),
 notebooks/17_editing_constrained.ipynb (constrained tuning) and
@@ -30,6 +31,7 @@ from .calinet import CalibratedFFN, CaliNet
 from .finetune import FineTuneEditor, edit_dataset, last_token_objective, mlp_name
 from .grace import Grace, GraceLayer
 from .incontext import InContextLM
+from .knowledge_editor import KnowledgeEditor, UpdateHead
 from .knowledge_neurons import (
     KnowledgeNeuronEditor,
     find_knowledge_neurons,
@@ -53,4 +55,5 @@ __all__ = ["Edit", "EditRequest", "Editor", "EditScores", "ModelSnapshot", "chec
            "subject_last_token", "Trace", "causal_trace", "corrupted_probability", "subject_span",
            "KnowledgeNeuronEditor", "integrated_gradients", "find_knowledge_neurons", "neuron_probability",
            "Rome", "check_invertible", "key_covariance", "mlp_keys", "rank_one_update", "target_deltas",
-           "Memit", "memit_update", "Mend", "MendNet", "gradient_factors"]
+           "Memit", "memit_update", "Mend", "MendNet", "gradient_factors",
+           "KnowledgeEditor", "UpdateHead"]

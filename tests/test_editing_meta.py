@@ -1,5 +1,6 @@
-"""MEND (Mitchell et al., 2022): the editor network, its update's rank, the untrained MEND as one
-gradient step, and meta-training that lowers its loss (chapter 19)."""
+"""The meta-learned editors of chapter 19. MEND (Mitchell et al., 2022): the editor network, its
+update's rank, the untrained MEND as one gradient step, meta-training that lowers its loss.
+KnowledgeEditor (De Cao et al., 2021): Eq. 4 by hand, meta-training that lowers its edit loss."""
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -108,4 +109,53 @@ def test_mend_on_cuda(world, requests):
     mend = Mend(layers=[3])
     mend.meta_train(model, tok, requests, [r.prompt for r in requests], steps=3, batch_size=2)
     mend.edit(model, tok, requests[:2]).restore()
+    assert not _moved(model, before)
+    ke = KnowledgeEditor(layers=[3], hidden=8)
+    ke.meta_train(model, tok, requests, [r.prompt for r in requests], steps=3)
+    ke.edit(model, tok, requests[:1]).restore()
+    assert not _moved(model, before)
+
+
+# ----- KnowledgeEditor (De Cao et al., 2021) -------------------------------------------------------
+from lfm_ref.editing.knowledge_editor import KnowledgeEditor, UpdateHead  # noqa: E402
+
+
+def test_update_head_is_eq_4_by_hand():
+    g = torch.Generator().manual_seed(0)
+    head = UpdateHead(cond=3, d_out=4, d_in=5, hidden=6)
+    h, grad = torch.randn(3, generator=g), torch.randn(4, 5, generator=g)
+    alpha, beta, gamma, delta, eta = head.net(h).split((4, 4, 5, 5, 1))
+    expect = torch.sigmoid(eta) * (torch.sigmoid(alpha)[:, None] * gamma[None] * grad
+                                   + torch.sigmoid(beta)[:, None] * delta[None])
+    assert torch.allclose(head(h, grad), expect, atol=1e-6)
+
+
+def test_knowledge_editor_meta_trains_on_tiny_gpt_and_restores(tiny_gpt, world, requests):
+    model, tok = tiny_gpt
+    before = _state(model)
+    train = world.edit_requests(n=40, seed=8, relation="profession")
+    local = [f.prompt(0) for f in world.split("train")[:50]]
+    ke = KnowledgeEditor(layers=[2, 3], hidden=32)
+    with pytest.raises(ValueError, match="meta_train"):
+        ke.edit(model, tok, requests[:1])
+    history = ke.meta_train(model, tok, train, local, steps=60, lr=3e-3)
+    first = sum(e for e, _ in history[:15]) / 15
+    last = sum(e for e, _ in history[-15:]) / 15
+    assert last < 0.8 * first  # the edit loss falls as the hypernetwork learns
+    assert ke.multiplier >= 0
+    assert not _moved(model, before) and all(p.grad is None for p in model.parameters())
+    edit = ke.edit(model, tok, requests[:1])
+    assert sorted(_moved(model, before)) == [mlp_name(model, x) + ".weight" for x in (2, 3)]
+    edit.restore()
+    assert not _moved(model, before)
+
+
+def test_knowledge_editor_on_a_config_built_gpt2(world, requests):
+    tok = world.tokenizer()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=3, n_embd=48, n_head=2,
+                                       n_positions=64)).eval()
+    before = _state(model)
+    ke = KnowledgeEditor(layers=[1, 2], hidden=8)
+    ke.meta_train(model, tok, requests, [r.prompt for r in requests], steps=2)
+    ke.edit(model, tok, requests[:1]).restore()
     assert not _moved(model, before)
