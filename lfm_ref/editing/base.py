@@ -24,7 +24,8 @@ notebooks/17_editing_constrained.ipynb (constrained tuning).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -37,7 +38,8 @@ from ..hooks import get_module, set_module
 from ..lm import next_token_hits
 
 __all__ = ["EditRequest", "EditScores", "Edit", "Editor", "ModelSnapshot", "check_requests",
-           "evaluate_edits", "sequential_edits", "subject_last_token", "block_output"]
+           "evaluate_edits", "sequential_edits", "subject_last_token", "block_output", "frozen",
+           "edited_forward", "layer_list"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,42 @@ def check_requests(requests, tokenizer, max_requests: int | None = None, editor:
 
     target_ids(tokenizer, [t for r in requests for t in (r.target_true, r.target_new)])
     return requests
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block every parameter of ``model`` has ``requires_grad=False``; after it each has
+    its flag and its ``.grad`` back: for an optimisation of something else through the model
+    (ROME's ``delta``, MEND's and KnowledgeEditor's networks, integrated gradients)."""
+    snapshot = ModelSnapshot(model)
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        snapshot.restore_flags()
+
+
+def edited_forward(model: nn.Module, updates: dict[str, torch.Tensor], batch: dict):
+    """``model(**batch)`` with each named linear layer's weight ``W`` replaced by ``W + update``
+    (``update`` as ``(d_out, d_in)``, transposed for Conv1D), differentiably and without touching the
+    model: the edited model a meta-learned editor is trained through."""
+    from torch.func import functional_call
+
+    from ..hooks import is_conv1d
+
+    params = {}
+    for name, update in updates.items():
+        module = get_module(model, name)
+        params[name + ".weight"] = module.weight + (update.T if is_conv1d(module) else update)
+    return functional_call(model, params, args=(), kwargs=batch)
+
+
+def layer_list(layers) -> list[int]:
+    """``layers`` as a list of block indices (a TypeError for one int or an empty list), for the
+    editors that change several layers."""
+    if isinstance(layers, (int, str)) or not hasattr(layers, "__len__") or not len(layers):
+        raise TypeError(f"layers must be a non-empty list of block indices, got {layers!r}")
+    return [checks.integer(layer, "layer") for layer in layers]
 
 
 def subject_last_token(tokenizer, prompt: str, subject: str) -> int:

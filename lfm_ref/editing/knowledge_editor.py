@@ -24,13 +24,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from .. import checks
 from ..hooks import get_module, is_conv1d, linear_weight
 from ..lm import encode, target_ids
 from ..utils import device_of, eval_mode
-from .base import Edit, EditRequest, ModelSnapshot, check_requests
+from .base import Edit, EditRequest, ModelSnapshot, check_requests, edited_forward, frozen, layer_list
 from .finetune import mlp_name
 
 __all__ = ["KnowledgeEditor", "UpdateHead"]
@@ -63,9 +62,7 @@ class KnowledgeEditor:
 
     def __init__(self, layers: Sequence[int] = (2, 3), hidden: int = 64, margin: float = 1e-3,
                  seed: int = 0):
-        if isinstance(layers, (int, str)) or not len(layers):
-            raise TypeError(f"layers must be a non-empty list of block indices, got {layers!r}")
-        self.layers = [checks.integer(layer, "layer") for layer in layers]
+        self.layers = layer_list(layers)
         self.hidden = checks.positive_int(hidden, "hidden")
         self.margin = checks.positive(margin, "margin")
         self.seed = checks.integer(seed, "seed", minimum=0)
@@ -127,13 +124,6 @@ class KnowledgeEditor:
         h = self.condition(model, tokenizer, request)
         return {n: self.net["heads"][n.replace(".", "_")](h, grads[n]) for n in names}
 
-    def _edited_logits(self, model, updates, batch):
-        params = {}
-        for n, upd in updates.items():
-            module = get_module(model, n)
-            params[n + ".weight"] = module.weight + (upd.T if is_conv1d(module) else upd)
-        return functional_call(model, params, args=(), kwargs=batch).logits
-
     def meta_train(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest],
                    locality_prompts: Sequence[str], steps: int = 200, lr: float = 1e-3,
                    multiplier_lr: float = 1.0) -> list[tuple[float, float]]:
@@ -148,39 +138,32 @@ class KnowledgeEditor:
         dev = device_of(model)
         optimiser = torch.optim.Adam(self.net.parameters(), lr=checks.positive(lr, "lr"))
         g = torch.Generator().manual_seed(self.seed)
-        flags = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-        model.requires_grad_(False)
-        try:
-            with eval_mode(model):
-                for _ in range(steps):
-                    r = requests[torch.randint(len(requests), (1,), generator=g).item()]
-                    updates = self.updates(model, tokenizer, r)
-                    texts = [r.prompt, *r.paraphrases[:-1]][:2]  # never the held-out template
-                    enc = {k: v.to(dev) for k, v in encode(tokenizer, texts).items()}
-                    last = enc["attention_mask"].sum(1) - 1
-                    rows = torch.arange(len(texts), device=dev)
-                    logits = self._edited_logits(model, updates, enc)[rows, last]
-                    target = target_ids(tokenizer, [r.target_new] * len(texts)).to(dev)
-                    loss_edit = F.cross_entropy(logits, target)
-                    pick = torch.randint(len(locality_prompts), (4,), generator=g).tolist()
-                    enc = {k: v.to(dev) for k, v in
-                           encode(tokenizer, [locality_prompts[i] for i in pick]).items()}
-                    real = enc["attention_mask"].bool()
-                    with torch.no_grad():
-                        before = model(**enc).logits[real].log_softmax(-1)
-                    after = self._edited_logits(model, updates, enc)[real].log_softmax(-1)
-                    kl = F.kl_div(after, before, log_target=True, reduction="batchmean")
-                    loss = loss_edit + self.multiplier * (kl - self.margin)  # Lagrangian
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                    self.multiplier = max(0.0, self.multiplier
-                                          + multiplier_lr * (kl.item() - self.margin))
-                    self.history.append((loss_edit.item(), kl.item()))
-        finally:
-            for p, flag, grad in flags:
-                p.requires_grad_(flag)
-                p.grad = grad
+        with frozen(model), eval_mode(model):
+            for _ in range(steps):
+                r = requests[torch.randint(len(requests), (1,), generator=g).item()]
+                updates = self.updates(model, tokenizer, r)
+                texts = [r.prompt, *r.paraphrases[:-1]][:2]  # never the held-out template
+                enc = {k: v.to(dev) for k, v in encode(tokenizer, texts).items()}
+                last = enc["attention_mask"].sum(1) - 1
+                rows = torch.arange(len(texts), device=dev)
+                logits = edited_forward(model, updates, enc).logits[rows, last]
+                target = target_ids(tokenizer, [r.target_new] * len(texts)).to(dev)
+                loss_edit = F.cross_entropy(logits, target)
+                pick = torch.randint(len(locality_prompts), (4,), generator=g).tolist()
+                enc = {k: v.to(dev) for k, v in
+                       encode(tokenizer, [locality_prompts[i] for i in pick]).items()}
+                real = enc["attention_mask"].bool()
+                with torch.no_grad():
+                    before = model(**enc).logits[real].log_softmax(-1)
+                after = edited_forward(model, updates, enc).logits[real].log_softmax(-1)
+                kl = F.kl_div(after, before, log_target=True, reduction="batchmean")
+                loss = loss_edit + self.multiplier * (kl - self.margin)  # Lagrangian
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                self.multiplier = max(0.0, self.multiplier
+                                      + multiplier_lr * (kl.item() - self.margin))
+                self.history.append((loss_edit.item(), kl.item()))
         return self.history[-steps:]
 
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> Edit:

@@ -29,7 +29,7 @@ from .. import checks
 from ..hooks import capture_outputs, get_module, linear_weight, patch_outputs
 from ..lm import encode, target_ids
 from ..utils import device_of, eval_mode
-from .base import Edit, EditRequest, ModelSnapshot, check_requests
+from .base import Edit, EditRequest, ModelSnapshot, check_requests, frozen
 from .finetune import mlp_name
 
 __all__ = ["integrated_gradients", "find_knowledge_neurons", "neuron_probability",
@@ -60,16 +60,10 @@ def integrated_gradients(model: nn.Module, tokenizer, prompt: str, target: str,
         h[:, -1] = scaled
         return h
 
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.requires_grad_(False)
-    try:
-        with eval_mode(model), patch_outputs(model, {name: set_last}):
-            logits = model(input_ids=ids.expand(steps, -1)).logits[:, -1]   # (steps, V)
-            p = logits.float().softmax(-1)[:, y]                # P_x(alpha_j w_bar)
-            (grad,) = torch.autograd.grad(p.sum(), scaled)
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
+    with frozen(model), eval_mode(model), patch_outputs(model, {name: set_last}):
+        logits = model(input_ids=ids.expand(steps, -1)).logits[:, -1]   # (steps, V)
+        p = logits.float().softmax(-1)[:, y]                    # P_x(alpha_j w_bar)
+        (grad,) = torch.autograd.grad(p.sum(), scaled)
     return (w_bar * grad.mean(0)).detach().cpu()             # the midpoint rule
 
 

@@ -30,7 +30,7 @@ from .. import checks
 from ..hooks import capture_outputs, get_module, linear_weight
 from ..lm import encode
 from ..utils import device_of, eval_mode
-from .base import Edit, EditRequest, ModelSnapshot, check_requests, hidden_of, subject_last_token
+from .base import Edit, EditRequest, ModelSnapshot, check_requests, hidden_of, layer_list, subject_last_token
 from .finetune import mlp_name
 from .rome import _gpt2_blocks, check_invertible, key_covariance, mlp_keys, target_deltas
 
@@ -75,9 +75,7 @@ class Memit:
                  damping: float = 0.0, prefixes: Sequence[str] = (), steps: int = 20,
                  lr: float = 0.5, kl_weight: float = 0.0625, weight_decay: float = 0.5,
                  clamp: float = 4.0):
-        if isinstance(layers, (int, str)) or not len(layers):
-            raise TypeError(f"layers must be a non-empty list of block indices, got {layers!r}")
-        self.layers = [checks.integer(layer, "layer") for layer in layers]
+        self.layers = layer_list(layers)
         if self.layers != sorted(set(self.layers)):
             raise ValueError(f"layers must be distinct and ascending, got {self.layers}")
         if texts is None and covariances is None:

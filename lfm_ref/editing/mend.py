@@ -31,13 +31,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from .. import checks
-from ..hooks import capture_inputs, get_module, is_conv1d, linear_weight
+from ..hooks import capture_inputs, get_module, linear_weight
 from ..lm import encode, target_ids
 from ..utils import device_of, eval_mode
-from .base import Edit, EditRequest, ModelSnapshot, check_requests
+from .base import Edit, EditRequest, ModelSnapshot, check_requests, edited_forward, frozen, layer_list
 from .finetune import mlp_name
 
 __all__ = ["MendNet", "Mend", "gradient_factors"]
@@ -81,11 +80,11 @@ def gradient_factors(model: nn.Module, tokenizer, requests: Sequence[EditRequest
             outputs[name] = output
         return hook
 
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.requires_grad_(False)
     handles = [get_module(model, n).register_forward_hook(keep(n)) for n in names]
     try:
-        with eval_mode(model), capture_inputs(model, names) as ins, torch.enable_grad():
+        with frozen(model), eval_mode(model), capture_inputs(model, names) as ins, \
+                torch.enable_grad():
+            # the parameters are frozen: a graph from the embeddings carries delta_t
             embeds = model.get_input_embeddings()(batch["input_ids"]).requires_grad_(True)
             logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
             loss = F.cross_entropy(logits[rows, last], target, reduction="sum")
@@ -93,8 +92,6 @@ def gradient_factors(model: nn.Module, tokenizer, requests: Sequence[EditRequest
     finally:
         for h in handles:
             h.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
     real = batch["attention_mask"].bool()
     return {n: (ins[n][real].detach(), outputs[n].grad[real].detach()) for n in names}
 
@@ -111,9 +108,7 @@ class Mend:
 
     def __init__(self, layers: Sequence[int] = (2, 3), rank: int = 16, alpha: float = 1e-3,
                  seed: int = 0):
-        if isinstance(layers, (int, str)) or not len(layers):
-            raise TypeError(f"layers must be a non-empty list of block indices, got {layers!r}")
-        self.layers = [checks.integer(layer, "layer") for layer in layers]
+        self.layers = layer_list(layers)
         self.rank = checks.positive_int(rank, "rank")
         self.alpha0 = checks.positive(alpha, "alpha")
         self.seed = checks.integer(seed, "seed", minimum=0)
@@ -152,14 +147,6 @@ class Mend:
             out[n] = -self.log_alpha[i].exp() * delta_t.T @ u_t      # sum_t delta~_t u~_t^T
         return out
 
-    def _edited_call(self, model, updates, batch):
-        params = {}
-        for n, upd in updates.items():
-            module = get_module(model, n)
-            w = module.weight
-            params[n + ".weight"] = w + (upd.T if is_conv1d(module) else upd)  # W~ = W + update
-        return functional_call(model, params, args=(), kwargs=batch)
-
     # ----- meta-training -----------------------------------------------------------------------
     def meta_train(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest],
                    locality_prompts: Sequence[str], steps: int = 200, batch_size: int = 4,
@@ -181,41 +168,34 @@ class Mend:
         params = [*self.nets.parameters(), self.log_alpha]
         optimiser = torch.optim.Adam(params, lr=checks.positive(lr, "lr"))
         g = torch.Generator().manual_seed(self.seed)
-        flags = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-        model.requires_grad_(False)
-        try:
-            with eval_mode(model):
-                for _ in range(steps):
-                    pick = torch.randperm(len(requests), generator=g)[:batch_size].tolist()
-                    batch = [requests[i] for i in pick]
-                    loc = [locality_prompts[i] for i in
-                           torch.randint(len(locality_prompts), (batch_size,), generator=g).tolist()]
-                    updates = self.updates(model, tokenizer, batch)
-                    # L_e: a paraphrase the edit was not computed on (never the held-out one)
-                    which = torch.randint(len(batch[0].paraphrases) - 1, (len(batch),), generator=g)
-                    para = [r.paraphrases[w] for r, w in zip(batch, which.tolist())]
-                    enc = {k: v.to(dev) for k, v in encode(tokenizer, para).items()}
-                    rows = torch.arange(len(batch), device=dev)
-                    last = enc["attention_mask"].sum(1) - 1
-                    logits = self._edited_call(model, updates, enc).logits[rows, last]
-                    target = target_ids(tokenizer, [r.target_new for r in batch]).to(dev)
-                    loss_e = F.cross_entropy(logits, target)
-                    # L_loc: KL(p_before || p_after) on unrelated prompts, every real token
-                    enc = {k: v.to(dev) for k, v in encode(tokenizer, loc).items()}
-                    real = enc["attention_mask"].bool()
-                    with torch.no_grad():
-                        before = model(**enc).logits[real].log_softmax(-1)
-                    after = self._edited_call(model, updates, enc).logits[real].log_softmax(-1)
-                    loss_loc = F.kl_div(after, before, log_target=True, reduction="batchmean")
-                    loss = edit_weight * loss_e + loss_loc
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                    self.history.append(loss.item())
-        finally:
-            for p, flag, grad in flags:
-                p.requires_grad_(flag)
-                p.grad = grad
+        with frozen(model), eval_mode(model):
+            for _ in range(steps):
+                pick = torch.randperm(len(requests), generator=g)[:batch_size].tolist()
+                batch = [requests[i] for i in pick]
+                loc = [locality_prompts[i] for i in
+                       torch.randint(len(locality_prompts), (batch_size,), generator=g).tolist()]
+                updates = self.updates(model, tokenizer, batch)
+                # L_e: a paraphrase the edit was not computed on (never the held-out one)
+                which = torch.randint(len(batch[0].paraphrases) - 1, (len(batch),), generator=g)
+                para = [r.paraphrases[w] for r, w in zip(batch, which.tolist())]
+                enc = {k: v.to(dev) for k, v in encode(tokenizer, para).items()}
+                rows = torch.arange(len(batch), device=dev)
+                last = enc["attention_mask"].sum(1) - 1
+                logits = edited_forward(model, updates, enc).logits[rows, last]
+                target = target_ids(tokenizer, [r.target_new for r in batch]).to(dev)
+                loss_e = F.cross_entropy(logits, target)
+                # L_loc: KL(p_before || p_after) on unrelated prompts, every real token
+                enc = {k: v.to(dev) for k, v in encode(tokenizer, loc).items()}
+                real = enc["attention_mask"].bool()
+                with torch.no_grad():
+                    before = model(**enc).logits[real].log_softmax(-1)
+                after = edited_forward(model, updates, enc).logits[real].log_softmax(-1)
+                loss_loc = F.kl_div(after, before, log_target=True, reduction="batchmean")
+                loss = edit_weight * loss_e + loss_loc
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                self.history.append(loss.item())
         return self.history[-steps:]
 
     # ----- editing -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .. import checks
 from ..hooks import capture_inputs, get_module, linear_weight, patch_outputs
 from ..lm import encode, target_ids
 from ..utils import device_of, eval_mode
-from .base import Edit, EditRequest, ModelSnapshot, block_output, check_requests, subject_last_token
+from .base import Edit, EditRequest, ModelSnapshot, block_output, check_requests, frozen, subject_last_token
 from .finetune import mlp_name
 
 __all__ = ["Rome", "key_covariance", "mlp_keys", "rank_one_update", "target_deltas",
@@ -168,38 +168,31 @@ def target_deltas(model: nn.Module, tokenizer, requests: Sequence[EditRequest], 
             return h
         return block_output(out, fn)
 
-    flags = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    model.requires_grad_(False)
-    try:
-        with eval_mode(model), patch_outputs(model, {module: add_delta}):
-            delta = None
-            with torch.no_grad():
-                logits = model(**batch).logits[rows, last]
-                log_before = logits[is_kl].log_softmax(-1)  # P_before after the subject alone
-                v0 = captured["h"][rows, pos][first_rows].detach()  # (n, d)
-            norm0 = v0.norm(dim=-1)
-            delta = torch.zeros_like(v0, requires_grad=True)
-            optimiser = torch.optim.Adam([delta], lr=lr)
-            for _ in range(steps):
-                log_p = model(**batch).logits[rows, last].log_softmax(-1)  # (rows, V)
-                nll = -log_p[~is_kl].gather(1, target[~is_kl, None])[:, 0]
-                counts = torch.bincount(owner[~is_kl], minlength=len(requests))
-                nll = torch.zeros(len(requests), device=dev).index_add(0, owner[~is_kl], nll) / counts
-                kl = F.kl_div(log_p[is_kl], log_before, log_target=True, reduction="none").sum(-1)
-                decay = delta.norm(dim=-1) / norm0 ** 2
-                loss = (nll + kl_weight * kl + weight_decay * decay).sum()
-                if nll.max().item() < 5e-2:  # every edit already holds: ROME stops here too
-                    break
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                with torch.no_grad():  # ||delta|| <= clamp * ||v0||
-                    scale = (clamp * norm0 / delta.norm(dim=-1).clamp_min(1e-12)).clamp(max=1.0)
-                    delta.mul_(scale[:, None])
-    finally:
-        for p, flag, grad in flags:
-            p.requires_grad_(flag)
-            p.grad = grad
+    with frozen(model), eval_mode(model), patch_outputs(model, {module: add_delta}):
+        delta = None
+        with torch.no_grad():
+            logits = model(**batch).logits[rows, last]
+            log_before = logits[is_kl].log_softmax(-1)  # P_before after the subject alone
+            v0 = captured["h"][rows, pos][first_rows].detach()  # (n, d)
+        norm0 = v0.norm(dim=-1)
+        delta = torch.zeros_like(v0, requires_grad=True)
+        optimiser = torch.optim.Adam([delta], lr=lr)
+        for _ in range(steps):
+            log_p = model(**batch).logits[rows, last].log_softmax(-1)  # (rows, V)
+            nll = -log_p[~is_kl].gather(1, target[~is_kl, None])[:, 0]
+            counts = torch.bincount(owner[~is_kl], minlength=len(requests))
+            nll = torch.zeros(len(requests), device=dev).index_add(0, owner[~is_kl], nll) / counts
+            kl = F.kl_div(log_p[is_kl], log_before, log_target=True, reduction="none").sum(-1)
+            decay = delta.norm(dim=-1) / norm0 ** 2
+            loss = (nll + kl_weight * kl + weight_decay * decay).sum()
+            if nll.max().item() < 5e-2:  # every edit already holds: ROME stops here too
+                break
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():  # ||delta|| <= clamp * ||v0||
+                scale = (clamp * norm0 / delta.norm(dim=-1).clamp_min(1e-12)).clamp(max=1.0)
+                delta.mul_(scale[:, None])
     return delta.detach(), v0
 
 
