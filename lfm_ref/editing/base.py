@@ -239,11 +239,11 @@ def subject_last_token(tokenizer, prompt: str, subject: str) -> int:
     if end < 0:
         raise ValueError(f"subject {subject!r} is not found in the prompt {prompt!r}")
     end += len(subject)
-    n = len(tokenizer(prompt[:end])["input_ids"])
-    if tokenizer(prompt)["input_ids"][:n] != tokenizer(prompt[:end])["input_ids"]:
+    head = tokenizer(prompt[:end])["input_ids"]
+    if tokenizer(prompt)["input_ids"][:len(head)] != head:
         raise ValueError(f"the tokenizer splits {prompt!r} across the end of {subject!r}; the subject "
                          "must end on a token boundary")
-    return n - 1
+    return len(head) - 1
 
 
 def block_output(output, fn: Callable[[torch.Tensor], torch.Tensor]):

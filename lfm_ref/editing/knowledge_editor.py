@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
-from ..hooks import get_module, is_conv1d, linear_weight
+from ..hooks import get_module, linear_weight
 from ..lm import encode, target_ids
 from ..utils import device_of, eval_mode
 from .base import Edit, EditRequest, ModelSnapshot, check_requests, edited_forward, frozen, layer_list
 from .finetune import mlp_name
+from .mend import gradient_factors
 
 __all__ = ["KnowledgeEditor", "UpdateHead"]
 
@@ -95,32 +96,15 @@ class KnowledgeEditor:
         _, (h, _) = self.net["lstm"](embeds)                     # h: (2, 1, hidden)
         return h.reshape(-1)                                     # forward and backward, (2 hidden,)
 
-    def _gradients(self, model, tokenizer, request, names) -> dict[str, torch.Tensor]:
-        """``grad_W L(W; x, a)`` of each named weight as ``(d_out, d_in)``, detached."""
-        dev = device_of(model)
-        batch = {k: v.to(dev) for k, v in encode(tokenizer, [request.prompt]).items()}
-        target = target_ids(tokenizer, [request.target_new]).to(dev)
-        weights = [get_module(model, n).weight for n in names]
-        flags = [w.requires_grad for w in weights]
-        try:
-            for w in weights:  # autograd.grad fills no .grad: the model is left as it was
-                w.requires_grad_(True)
-            with eval_mode(model), torch.enable_grad():
-                logits = model(**batch).logits[:, -1]
-                grads = torch.autograd.grad(F.cross_entropy(logits, target), weights)
-        finally:
-            for w, flag in zip(weights, flags):
-                w.requires_grad_(flag)
-        return {n: (g.T if is_conv1d(get_module(model, n)) else g).detach()
-                for n, g in zip(names, grads)}
-
     def updates(self, model: nn.Module, tokenizer, request: EditRequest) -> dict[str, torch.Tensor]:
         """``{layer name: Delta W}`` (Eq. 4), differentiable in the hypernetwork's parameters."""
         if self.net is None:
             raise ValueError("KnowledgeEditor has no hypernetwork yet: call meta_train(model, "
                              "tokenizer, requests, locality_prompts) first")
         names = self._build(model)
-        grads = self._gradients(model, tokenizer, request, names)
+        # grad_W L(W; x, a) = sum_t delta_t u_t^T, (d_out, d_in): MEND's Eq. 1 factors
+        grads = {n: d.T @ u for n, (u, d) in
+                 gradient_factors(model, tokenizer, [request], names).items()}
         h = self.condition(model, tokenizer, request)
         return {n: self.net["heads"][n.replace(".", "_")](h, grads[n]) for n in names}
 
