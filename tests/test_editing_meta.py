@@ -159,3 +159,90 @@ def test_knowledge_editor_on_a_config_built_gpt2(world, requests):
     ke.meta_train(model, tok, requests, [r.prompt for r in requests], steps=2)
     ke.edit(model, tok, requests[:1]).restore()
     assert not _moved(model, before)
+
+
+# ----- saving, loading and the zoo's meta-trained editors ---------------------------------------
+from lfm_ref.editing import apply_updates, load_editor, save_editor  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", ["mend", "ke"])
+def test_a_saved_editor_loads_back_to_the_same_updates(tiny_gpt, requests, tmp_path, kind):
+    model, tok = tiny_gpt
+    editor = Mend(layers=[2, 3], rank=4, seed=3) if kind == "mend" else KnowledgeEditor(layers=[3], hidden=8)
+    editor.meta_train(model, tok, requests, [r.prompt for r in requests], steps=3)
+    save_editor(editor, tmp_path / kind)
+    loaded = load_editor(tmp_path / kind, model)
+    assert type(loaded) is type(editor) and loaded.config() == editor.config()
+    request = requests[:1] if kind == "ke" else requests[:2]
+    with torch.no_grad():
+        want, got = editor.updates(model, tok, request), loaded.updates(model, tok, request)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_load_editor_says_what_it_expected(tiny_gpt, world, requests, tmp_path):
+    model, tok = tiny_gpt
+    with pytest.raises(ValueError, match="save_editor"):
+        load_editor(tmp_path, model)
+    mend = Mend(layers=[3], rank=2)
+    mend.meta_train(model, tok, requests, [r.prompt for r in requests], steps=1, batch_size=2)
+    save_editor(mend, tmp_path / "mend")
+    other = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=4, n_embd=48, n_head=2,
+                                       n_positions=64)).eval()
+    with pytest.raises(ValueError, match="other layer shapes"):
+        load_editor(tmp_path / "mend", other)
+
+
+def test_apply_updates_writes_the_update_in_the_linear_layout_and_restores(world, requests):
+    tok = world.tokenizer()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=16, n_head=2,
+                                       n_positions=32)).eval()  # Conv1D: the weight is stored as W^T
+    before = _state(model)
+    name = mlp_name(model, 1)
+    update = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))  # (d_out, d_in)
+    edit = apply_updates(model, {name: update}, "test", requests[:1])
+    assert torch.equal(get_module(model, name).weight, before[name + ".weight"] + update.T)
+    assert _moved(model, before) == [name + ".weight"]
+    edit.restore()
+    assert not _moved(model, before)
+
+
+def test_mend_learns_its_steps_at_their_own_rate(tiny_gpt, requests):
+    model, tok = tiny_gpt
+    mend = Mend(layers=[2, 3], alpha=0.1)
+    mend.meta_train(model, tok, requests, [r.prompt for r in requests], steps=3, batch_size=2, lr=1e-9)
+    # Adam moves each parameter by about its rate per step: alpha by ~0.1 (the paper's lr_lr =
+    # edit_lr), the networks, at 1e-9, not visibly
+    assert (mend.alpha - 0.1).abs().max() > 0.05
+    assert all(p.abs().max() < 1e-6 for p in (mend.nets[k].u1.weight for k in mend.nets))
+
+
+def test_editor_requests_are_disjoint_and_checked():
+    from lfm_ref import zoo
+
+    train, test, locality = zoo.editor_requests(0)
+    assert (len(train), len(test), len(locality)) == (110, 20, 200)
+    subjects = {r.subject for r in train}
+    assert not subjects & {r.subject for r in test}
+    assert not subjects & {p for r in test for p, _ in r.neighbours}  # neighbours are other people
+    assert all(r.subject not in p for r in train + test for p in locality)
+    with pytest.raises(ValueError, match="seeds"):
+        zoo.editor_requests(7)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt-mend-0", "tiny-gpt-ke-0"])
+def test_the_zoo_editors_give_the_scores_their_cards_record(tiny_gpt, name):
+    from lfm_ref import zoo
+    from lfm_ref.editing import evaluate_edits
+
+    model, tok = tiny_gpt
+    editor = zoo.load(name, device="cpu")
+    assert isinstance(editor, Mend if "mend" in name else KnowledgeEditor)
+    _, test, _ = zoo.editor_requests(0)
+    scores = []
+    for r in test:
+        with editor.edit(model, tok, [r]) as edited:
+            scores.append(evaluate_edits(edited, tok, [r]).row())
+    card = zoo.info(name)["metrics"]
+    for col, key in enumerate(("reliability", "generalisation", "locality")):
+        assert sum(s[col] for s in scores) / len(scores) == pytest.approx(card[f"test_{key}"], abs=1e-9)
+    assert card["test_reliability"] >= 0.8  # meta-training made an editor (chapter 19 tests the rest)

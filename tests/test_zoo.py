@@ -8,7 +8,8 @@ from lfm_ref.data import MERGE_TASKS, digits_task, merge_task
 
 
 def test_names_and_info():
-    assert zoo.names() == ["tiny-cnn", "tiny-gpt", "tiny-vit", "tiny-vit-flip", "tiny-vit-invert",
+    editors = [f"tiny-gpt-{kind}-{seed}" for kind in ("ke", "mend") for seed in zoo.EDITOR_SEEDS]
+    assert zoo.names() == ["tiny-cnn", "tiny-gpt", *editors, "tiny-vit", "tiny-vit-flip", "tiny-vit-invert",
                            "tiny-vit-narrow", "tiny-vit-rot90", "tiny-vit-shift"]
     meta = zoo.info("tiny-gpt")
     assert meta["history"] and meta["metrics"]["train_recall"] >= 0.9
@@ -198,7 +199,7 @@ def test_hf_gpt2_config_loads_through_zoo(tmp_path, tiny_gpt):
 
 
 def test_unknown_names_are_clear_errors():
-    known = r"\['tiny-cnn', 'tiny-gpt', 'tiny-vit', "
+    known = r"\['tiny-cnn', 'tiny-gpt', 'tiny-gpt-ke-0', "
     with pytest.raises(ValueError, match=r"Did you mean 'tiny-gpt'\?.*" + known):
         zoo.load("tiny-gtp")
     with pytest.raises(ValueError, match=r"not a zoo model \(known: \['tiny-cnn'"):

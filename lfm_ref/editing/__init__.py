@@ -13,8 +13,9 @@ both on the ``incontext`` shell; ``finetune`` (FT and FT-L), ``patcher`` (Transf
 gradient's rank-one factors).
 
 Chapters: notebooks/16_editing_memory.ipynb (memory-based editors),
-notebooks/17_editing_constrained.ipynb (constrained tuning) and
-notebooks/18_locate_and_edit.ipynb (locate and edit).
+notebooks/17_editing_constrained.ipynb (constrained tuning),
+notebooks/18_locate_and_edit.ipynb (locate and edit) and notebooks/19_meta_editors.ipynb
+(meta-learned editors).
 """
 from .base import (
     Edit,
@@ -22,8 +23,11 @@ from .base import (
     EditRequest,
     EditScores,
     ModelSnapshot,
+    apply_updates,
     check_requests,
     evaluate_edits,
+    load_editor,
+    save_editor,
     sequential_edits,
     subject_last_token,
 )
@@ -56,4 +60,5 @@ __all__ = ["Edit", "EditRequest", "Editor", "EditScores", "ModelSnapshot", "chec
            "KnowledgeNeuronEditor", "integrated_gradients", "find_knowledge_neurons", "neuron_probability",
            "Rome", "check_invertible", "key_covariance", "mlp_keys", "rank_one_update", "target_deltas",
            "Memit", "memit_update", "Mend", "MendNet", "gradient_factors",
-           "KnowledgeEditor", "UpdateHead"]
+           "KnowledgeEditor", "UpdateHead",
+           "apply_updates", "save_editor", "load_editor"]

@@ -24,9 +24,11 @@ notebooks/17_editing_constrained.ipynb (constrained tuning).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -34,12 +36,12 @@ from torch import nn
 
 from .. import checks
 from ..data.facts import EditRequest
-from ..hooks import get_module, set_module
+from ..hooks import get_module, linear_weight, set_module
 from ..lm import next_token_hits
 
 __all__ = ["EditRequest", "EditScores", "Edit", "Editor", "ModelSnapshot", "check_requests",
            "evaluate_edits", "sequential_edits", "subject_last_token", "block_output", "frozen",
-           "edited_forward", "layer_list"]
+           "edited_forward", "layer_list", "apply_updates", "save_editor", "load_editor"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,60 @@ def edited_forward(model: nn.Module, updates: dict[str, torch.Tensor], batch: di
         module = get_module(model, name)
         params[name + ".weight"] = module.weight + (update.T if is_conv1d(module) else update)
     return functional_call(model, params, args=(), kwargs=batch)
+
+
+def apply_updates(model: nn.Module, updates: dict[str, torch.Tensor], editor: str,
+                  requests: Sequence[EditRequest]) -> Edit:
+    """Add each ``update`` (``(d_out, d_in)``, transposed for Conv1D) to its named linear layer's
+    weight, in place, and return the :class:`Edit` that takes them back: what MEND, KnowledgeEditor
+    and any other "compute a weight change, then write it" editor end with."""
+    snapshot = ModelSnapshot(model, parameters=[n + ".weight" for n in updates])
+    with torch.no_grad():
+        for name, update in updates.items():
+            linear_weight(get_module(model, name)).add_(update.detach())  # W <- W + update
+    return Edit(model, snapshot.restore, editor, list(requests))
+
+
+def save_editor(editor, folder) -> Path:
+    """Write a meta-trained editor (MEND, KnowledgeEditor) to ``folder``: ``editor.json`` (its class
+    and constructor arguments) and ``editor.safetensors`` (every tensor meta-training learnt).
+    :func:`load_editor` reads it back; the zoo keeps the book's editors this way."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in editor.parameters().items()}
+    save_file(tensors, folder / "editor.safetensors")
+    (folder / "editor.json").write_text(json.dumps({"class": type(editor).__name__,
+                                                    "config": editor.config()}, indent=1))
+    return folder
+
+
+def load_editor(folder, model: nn.Module):
+    """The editor :func:`save_editor` wrote to ``folder``, its networks built for ``model`` (which
+    must have the layer shapes it was meta-trained on) and on ``model``'s device."""
+    from safetensors.torch import load_file
+
+    from .knowledge_editor import KnowledgeEditor
+    from .mend import Mend
+
+    folder = Path(folder)
+    if not (folder / "editor.json").exists():
+        raise ValueError(f"expected a folder written by save_editor (with editor.json), got {folder}")
+    record = json.loads((folder / "editor.json").read_text())
+    classes = {cls.__name__: cls for cls in (Mend, KnowledgeEditor)}
+    if record["class"] not in classes:
+        raise ValueError(f"load_editor reads {sorted(classes)}, got a saved {record['class']!r}")
+    editor = classes[record["class"]](**record["config"])
+    editor._build(model)
+    params, saved = editor.parameters(), load_file(folder / "editor.safetensors")
+    if set(params) != set(saved) or any(params[k].shape != saved[k].shape for k in saved):
+        raise ValueError(f"the editor in {folder} was meta-trained for other layer shapes than "
+                         f"{type(model).__name__}'s")
+    with torch.no_grad():
+        for k, v in saved.items():
+            params[k].copy_(v)
+    return editor
 
 
 def layer_list(layers) -> list[int]:

@@ -29,7 +29,7 @@ from .. import checks
 from ..hooks import get_module, linear_weight
 from ..lm import encode, target_ids
 from ..utils import device_of, eval_mode
-from .base import Edit, EditRequest, ModelSnapshot, check_requests, edited_forward, frozen, layer_list
+from .base import Edit, EditRequest, apply_updates, check_requests, edited_forward, frozen, layer_list
 from .finetune import mlp_name
 from .mend import gradient_factors
 
@@ -49,7 +49,7 @@ class UpdateHead(nn.Module):
         alpha, beta, gamma, delta, eta = self.net(h).split(self.sizes, -1)
         alpha_hat = torch.outer(torch.sigmoid(alpha), gamma)   # sigmoid(alpha) gamma^T
         beta_hat = torch.outer(torch.sigmoid(beta), delta)     # sigmoid(beta) delta^T
-        return torch.sigmoid(eta) * (alpha_hat * grad + beta_hat)  # Eq. 4, (d_out, d_in)
+        return torch.sigmoid(eta) * (alpha_hat * grad + beta_hat) # Eq. 4, (d_out, d_in)
 
 
 class KnowledgeEditor:
@@ -70,6 +70,17 @@ class KnowledgeEditor:
         self.net: nn.ModuleDict | None = None
         self.multiplier = 0.0  # the Lagrange multiplier of the KL constraint
         self.history: list[tuple[float, float]] = []  # (edit loss, KL) per step
+
+    def config(self) -> dict:
+        """The constructor's arguments: ``KnowledgeEditor(**config)`` and :func:`load_editor`
+        rebuild it."""
+        return {"layers": self.layers, "hidden": self.hidden, "margin": self.margin, "seed": self.seed}
+
+    def parameters(self) -> nn.ParameterDict:
+        """Everything meta-training learns, by name: the LSTM's and the heads' weights."""
+        if self.net is None:
+            raise ValueError("KnowledgeEditor has no hypernetwork yet: call meta_train first")
+        return nn.ParameterDict({k.replace(".", "/"): v for k, v in self.net.named_parameters()})
 
     def _build(self, model: nn.Module) -> list[str]:
         names = [mlp_name(model, layer) for layer in self.layers]
@@ -96,11 +107,14 @@ class KnowledgeEditor:
         _, (h, _) = self.net["lstm"](embeds)                     # h: (2, 1, hidden)
         return h.reshape(-1)                                     # forward and backward, (2 hidden,)
 
-    def updates(self, model: nn.Module, tokenizer, request: EditRequest) -> dict[str, torch.Tensor]:
-        """``{layer name: Delta W}`` (Eq. 4), differentiable in the hypernetwork's parameters."""
+    def updates(self, model: nn.Module, tokenizer,
+                requests: Sequence[EditRequest]) -> dict[str, torch.Tensor]:
+        """``{layer name: Delta W}`` (Eq. 4) for one request (a list of one, as
+        :meth:`Mend.updates` takes), differentiable in the hypernetwork's parameters."""
         if self.net is None:
-            raise ValueError("KnowledgeEditor has no hypernetwork yet: call meta_train(model, "
-                             "tokenizer, requests, locality_prompts) first")
+            raise ValueError("KnowledgeEditor has no hypernetwork yet: call meta_train("
+                             "model, tokenizer, requests, locality_prompts) first")
+        (request,) = check_requests(requests, tokenizer, self.max_requests, self.name)
         names = self._build(model)
         # grad_W L(W; x, a) = sum_t delta_t u_t^T, (d_out, d_in): MEND's Eq. 1 factors
         grads = {n: d.T @ u for n, (u, d) in
@@ -125,7 +139,7 @@ class KnowledgeEditor:
         with frozen(model), eval_mode(model):
             for _ in range(steps):
                 r = requests[torch.randint(len(requests), (1,), generator=g).item()]
-                updates = self.updates(model, tokenizer, r)
+                updates = self.updates(model, tokenizer, [r])
                 texts = [r.prompt, *r.paraphrases[:-1]][:2]  # never the held-out template
                 enc = {k: v.to(dev) for k, v in encode(tokenizer, texts).items()}
                 last = enc["attention_mask"].sum(1) - 1
@@ -152,10 +166,6 @@ class KnowledgeEditor:
 
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> Edit:
         (request,) = check_requests(requests, tokenizer, self.max_requests, self.name)
-        names = [mlp_name(model, layer) for layer in self.layers]
-        snapshot = ModelSnapshot(model, parameters=[n + ".weight" for n in names])
         with torch.no_grad():
-            updates = self.updates(model, tokenizer, request)
-            for n, upd in updates.items():
-                linear_weight(get_module(model, n)).add_(upd)   # W <- W + Delta W
-        return Edit(model, snapshot.restore, self.name, [request])
+            updates = self.updates(model, tokenizer, [request])     # W <- W + Delta W
+        return apply_updates(model, updates, self.name, [request])

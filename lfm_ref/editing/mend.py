@@ -10,11 +10,12 @@ to ``(u~_t, delta~_t)``, and the layer becomes
 
     W~ = W - alpha * sum_t delta~_t u~_t^T                                                    (Eq. 2)
 
-with ``alpha`` a learned step per layer. ``g`` sees the concatenation ``z = [u_t; delta_t]``, each
-part scaled to unit RMS (and scaled back after), and is two residual blocks with low-rank weights,
-``h = z + U_1 relu(V_1 z + b_1)``, ``g(z) = h + U_2 relu(V_2 h + b_2)``. ``U_1, U_2`` start at zero,
-so the untrained MEND is one step of gradient descent with rate ``alpha``; the update's rank is at
-most the number of positions whatever ``g`` has learnt.
+with ``alpha`` a learned step per layer (a plain parameter with its own learning rate, the paper's
+``lr_lr``, equal to its initial value as in the paper's configs). ``g`` sees the concatenation
+``z = [u_t; delta_t]``, each part scaled to unit RMS (and scaled back after), and is two residual
+blocks with low-rank weights, ``h = z + U_1 relu(V_1 z + b_1)``, ``g(z) = h + U_2 relu(V_2 h + b_2)``.
+``U_1, U_2`` start at zero, so the untrained MEND is one step of gradient descent with rate
+``alpha``; the update's rank is at most the number of positions whatever ``g`` has learnt.
 
 ``g`` is meta-trained on edit requests while the model stays frozen (their Eq. 4): the edited model
 must give ``target_new`` on a paraphrase of each request (``L_e``, the edit's generalisation), and
@@ -36,7 +37,7 @@ from .. import checks
 from ..hooks import capture_inputs, get_module, linear_weight
 from ..lm import encode, target_ids
 from ..utils import device_of, eval_mode
-from .base import Edit, EditRequest, ModelSnapshot, check_requests, edited_forward, frozen, layer_list
+from .base import Edit, EditRequest, apply_updates, check_requests, edited_forward, frozen, layer_list
 from .finetune import mlp_name
 
 __all__ = ["MendNet", "Mend", "gradient_factors"]
@@ -52,12 +53,13 @@ class MendNet(nn.Module):
         self.u1, self.u2 = nn.Linear(rank, dim, bias=False), nn.Linear(rank, dim, bias=False)
         nn.init.zeros_(self.u1.weight), nn.init.zeros_(self.u2.weight)  # g = identity at init
 
-    def forward(self, u: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, u: torch.Tensor,
+                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         su = u.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)  # RMS of each u_t
         sd = delta.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
-        z = torch.cat([u / su, delta / sd], -1)                       # (N, d_in + d_out)
-        h = z + self.u1(F.relu(self.v1(z)))                           # h = z + U1 relu(V1 z + b1)
-        g = h + self.u2(F.relu(self.v2(h)))                           # g = h + U2 relu(V2 h + b2)
+        z = torch.cat([u / su, delta / sd], -1)           # (N, d_in + d_out)
+        h = z + self.u1(F.relu(self.v1(z)))               # h = z + U1 relu(V1 z + b1)
+        g = h + self.u2(F.relu(self.v2(h)))               # g = h + U2 relu(V2 h + b2)
         return g[:, :self.d_in] * su, g[:, self.d_in:] * sd
 
 
@@ -113,8 +115,12 @@ class Mend:
         self.alpha0 = checks.positive(alpha, "alpha")
         self.seed = checks.integer(seed, "seed", minimum=0)
         self.nets: nn.ModuleDict | None = None
-        self.log_alpha: nn.Parameter | None = None
+        self.alpha: nn.Parameter | None = None  # one step per layer
         self.history: list[float] = []
+
+    def config(self) -> dict:
+        """The constructor's arguments: ``Mend(**config)`` and :func:`load_editor` rebuild it."""
+        return {"layers": self.layers, "rank": self.rank, "alpha": self.alpha0, "seed": self.seed}
 
     # ----- the editor networks ---------------------------------------------------------------
     def _build(self, model: nn.Module) -> list[str]:
@@ -127,35 +133,43 @@ class Mend:
                     d_out, d_in = linear_weight(get_module(model, n)).shape
                     nets[n.replace(".", "_")] = MendNet(d_in, d_out, self.rank)
             self.nets = nn.ModuleDict(nets).to(device_of(model))
-            init = torch.full((len(names),), float(torch.tensor(self.alpha0).log()))
-            self.log_alpha = nn.Parameter(init.to(device_of(model)))
+            self.alpha = nn.Parameter(torch.full((len(names),), self.alpha0, device=device_of(model)))
         return names
+
+    def parameters(self) -> nn.ParameterDict:
+        """Everything meta-training learns, by name: the editor networks' weights and ``alpha``."""
+        if self.nets is None:
+            raise ValueError("MEND has no editor networks yet: call meta_train first")
+        return nn.ParameterDict({**{k.replace(".", "/"): v for k, v in self.nets.named_parameters()},
+                                 "alpha": self.alpha})
 
     def updates(self, model: nn.Module, tokenizer,
                 requests: Sequence[EditRequest]) -> dict[str, torch.Tensor]:
-        """``{layer name: -alpha sum_t delta~_t u~_t^T}`` (Eq. 2), each ``(d_out, d_in)``,
-        differentiable in the editor's parameters."""
+        """``{layer name: -alpha sum_t delta~_t u~_t^T}`` (Eq. 2), each
+        ``(d_out, d_in)``, differentiable in the editor's parameters."""
         if self.nets is None:
-            raise ValueError("MEND has no editor networks yet: call meta_train(model, tokenizer, "
-                             "requests, locality_prompts) first")
+            raise ValueError("MEND has no editor networks yet: call meta_train(model, "
+                             "tokenizer, requests, locality_prompts) first")
         names = self._build(model)
         factors = gradient_factors(model, tokenizer, requests, names)
         out = {}
         for i, n in enumerate(names):
-            u, delta = factors[n]                                    # (N, d_in), (N, d_out)
+            u, delta = factors[n]                          # (N, d_in), (N, d_out)
             u_t, delta_t = self.nets[n.replace(".", "_")](u, delta)
-            out[n] = -self.log_alpha[i].exp() * delta_t.T @ u_t      # sum_t delta~_t u~_t^T
+            out[n] = -self.alpha[i] * delta_t.T @ u_t      # sum_t delta~_t u~_t^T
         return out
 
     # ----- meta-training -----------------------------------------------------------------------
     def meta_train(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest],
                    locality_prompts: Sequence[str], steps: int = 200, batch_size: int = 4,
-                   lr: float = 1e-3, edit_weight: float = 1.0) -> list[float]:
+                   lr: float = 1e-3, edit_weight: float = 1.0,
+                   alpha_lr: float | None = None) -> list[float]:
         """Train the editor networks and steps ``alpha`` (the model frozen) for ``steps`` steps on
         batches of ``batch_size`` requests: ``L = edit_weight * L_e + L_loc`` with ``L_e`` the
         cross-entropy of ``target_new`` after a pretraining paraphrase of each request and ``L_loc``
         the KL divergence from the unedited model on ``batch_size`` of ``locality_prompts``.
-        Returns the losses (also kept in ``history``)."""
+        ``alpha`` learns at ``alpha_lr`` (default: its initial value, the paper's ``lr_lr = edit_lr``),
+        the networks at ``lr``. Returns the losses (also kept in ``history``)."""
         requests = check_requests(requests, tokenizer, editor=self.name)
         locality_prompts = checks.texts(locality_prompts, "locality_prompts")
         steps, batch_size = checks.positive_int(steps, "steps"), checks.positive_int(batch_size, "batch_size")
@@ -165,8 +179,10 @@ class Mend:
                              f"(one to train on, the held-out one never), got none for {missing[:3]}")
         self._build(model)
         dev = device_of(model)
-        params = [*self.nets.parameters(), self.log_alpha]
-        optimiser = torch.optim.Adam(params, lr=checks.positive(lr, "lr"))
+        alpha_lr = self.alpha0 if alpha_lr is None else checks.positive(alpha_lr, "alpha_lr")
+        optimiser = torch.optim.Adam([{"params": self.nets.parameters()},
+                                      {"params": [self.alpha], "lr": alpha_lr}],
+                                     lr=checks.positive(lr, "lr"))
         g = torch.Generator().manual_seed(self.seed)
         with frozen(model), eval_mode(model):
             for _ in range(steps):
@@ -201,10 +217,6 @@ class Mend:
     # ----- editing -------------------------------------------------------------------------------
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> Edit:
         requests = check_requests(requests, tokenizer, self.max_requests, self.name)
-        names = [mlp_name(model, layer) for layer in self.layers]
-        snapshot = ModelSnapshot(model, parameters=[n + ".weight" for n in names])
         with torch.no_grad():
-            updates = {n: u.detach() for n, u in self.updates(model, tokenizer, requests).items()}
-            for n, upd in updates.items():
-                linear_weight(get_module(model, n)).add_(upd)       # W~ = W - alpha * ...
-        return Edit(model, snapshot.restore, self.name, requests)
+            updates = self.updates(model, tokenizer, requests)     # W~ = W - alpha * ... (Eq. 2)
+        return apply_updates(model, updates, self.name, requests)

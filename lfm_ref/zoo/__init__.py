@@ -2,8 +2,10 @@
 
 ``load("tiny-gpt")`` returns ``(model, tokenizer)``: a Hugging Face ``GPT2LMHeadModel`` pretrained on the
 fact world, with the world's word-level tokenizer. ``load("tiny-cnn")`` and ``load("tiny-vit")`` return
-digits classifiers. Any other name is handed to Hugging Face's ``from_pretrained`` (a hub id such as
-``"gpt2"`` in Colab, or a folder written by ``save_pretrained``): a language model comes back as
+digits classifiers. ``load("tiny-gpt-mend-0")`` (and the other ``tiny-gpt-{mend,ke}-{seed}``) returns
+an editor meta-trained for TinyGPT (chapter 19). Any other name is handed to Hugging Face's
+``from_pretrained`` (a hub id such as ``"gpt2"`` in Colab, or a folder written by
+``save_pretrained``): a language model comes back as
 ``(model, tokenizer)``, the zoo's own TinyGPT by exactly that path, so code written for it runs on
 real models; an image classifier comes back as an :class:`HFImageClassifier` that takes the book's
 digits. :func:`load_real` is the chapters' "On a real model" loader: it loads one of
@@ -35,9 +37,10 @@ from ..utils import count_parameters, device_of, eval_mode, random_state_kept, s
 from ..utils import device as default_device
 from .models import HFImageClassifier, TinyCNN, TinyMLP, TinyViT
 
-__all__ = ["HFImageClassifier", "MERGE_TASKS", "REAL_MODELS", "TinyCNN", "TinyMLP", "TinyViT", "ZOO", "build",
-           "default_build_dir", "encoder_state", "hub_reachable", "info", "load", "load_real", "names", "path", "save",
-           "task_head", "task_model", "zero_shot"]
+__all__ = ["EDITOR_SEEDS", "EDITOR_STEPS", "HFImageClassifier", "MERGE_TASKS", "REAL_MODELS", "TinyCNN", "TinyMLP",
+           "TinyViT", "ZOO", "build", "default_build_dir", "editor_requests", "encoder_state", "hub_reachable",
+           "info", "load", "load_real", "meta_train_editor", "names", "path", "save", "task_head", "task_model",
+           "zero_shot"]
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 META = "meta.json"
@@ -278,6 +281,69 @@ def task_model(task: str, encoder: dict | None = None, device: torch.device | st
     return model
 
 
+EDITOR_SEEDS = (0, 1, 2)  # one meta-trained editor per seed: its split of requests and its init
+EDITOR_STEPS = {"mend": 2000, "ke": 1000}  # meta-training steps, where a pilot's loss had flattened
+
+
+def editor_requests(seed: int):
+    """The meta-learned editors' data for ``seed``: ``(train, test, locality)``, 110 and 20 profession
+    edit requests about disjoint people (one draw of :meth:`FactWorld.edit_requests`, so no test
+    neighbour is a training subject) and 200 prompts about people neither set names, for the
+    meta-training's locality term. Zoo editor ``tiny-gpt-{mend,ke}-{seed}`` was meta-trained on
+    ``train`` and ``locality``; ``test`` is what chapter 19 edits."""
+    from ..data import FactWorld
+
+    if seed not in EDITOR_SEEDS:
+        raise ValueError(f"seed must be one of the zoo editors' seeds {list(EDITOR_SEEDS)}, got {seed!r}")
+    world = FactWorld(seed=0)
+    drawn = world.edit_requests(n=130, seed=seed, relation="profession")
+    named = {r.subject for r in drawn}
+    locality = [f.prompt(0) for f in world.split("train") if f.subject not in named][:200]
+    return drawn[:110], drawn[110:], locality
+
+
+def meta_train_editor(kind: str, seed: int, steps: int | None = None,
+                      device: torch.device | str | None = "cpu"):
+    """``(editor, losses)``: MEND (``kind="mend"``) or KnowledgeEditor (``"ke"``)
+    meta-trained for ``tiny-gpt`` on :func:`editor_requests` ``(seed)`` for ``steps``
+    steps (default :data:`EDITOR_STEPS`), the zoo's recipe: the MLP output projections
+    of the last two blocks (MEND edits the last blocks' MLPs), the model frozen. MEND
+    starts from ``alpha = 0.1``, where one plain gradient step makes about half of the
+    training edits."""
+    from ..editing import KnowledgeEditor, Mend
+
+    if kind not in EDITOR_STEPS:
+        raise ValueError(f"kind must be one of {sorted(EDITOR_STEPS)}, got {kind!r}")
+    model, tok = load("tiny-gpt", device=device)
+    train, _, locality = editor_requests(seed)
+    steps = EDITOR_STEPS[kind] if steps is None else steps
+    if kind == "mend":
+        editor = Mend(layers=[2, 3], alpha=0.1, seed=seed)
+        losses = editor.meta_train(model, tok, train, locality, steps=steps,
+                                   batch_size=8, lr=1e-3)
+    else:
+        editor = KnowledgeEditor(layers=[2, 3], hidden=64, seed=seed)
+        history = editor.meta_train(model, tok, train, locality, steps=steps, lr=1e-3)
+        losses = [edit_loss for edit_loss, _ in history]
+    return editor, losses
+
+
+def _build_editor(kind: str, seed: int):
+    """A zoo editor: :func:`meta_train_editor`, scored on the unseen requests one at a time."""
+    from ..editing import evaluate_edits
+
+    editor, history = meta_train_editor(kind, seed)
+    model, tok = load("tiny-gpt", device="cpu")
+    _, test, _ = editor_requests(seed)
+    scores = []
+    for r in test:  # each unseen edit alone, on the unedited model
+        with editor.edit(model, tok, [r]) as edited:
+            scores.append(evaluate_edits(edited, tok, [r]).row())
+    metrics = {f"test_{k}": sum(c) / len(c)
+               for k, c in zip(("reliability", "generalisation", "locality"), zip(*scores))}
+    return editor, history, metrics
+
+
 ZOO = {
     "tiny-gpt": {"kind": "causal-lm", "build": _build_tiny_gpt,
                  "about": "GPT-2 (4 layers, width 128, 64 positions) pretrained on packed documents of the fact world, "
@@ -299,6 +365,12 @@ ZOO.update({f"tiny-vit-{task}": {"kind": "vision", "cls": TinyViT,
                                   "about": f"tiny-vit's encoder fine-tuned on the {task} merge task under its "
                                            f"frozen {len(MERGE_TASKS[task])}-class head (for merging)"}
             for task in MERGE_TASKS})
+
+
+ZOO.update({f"tiny-gpt-{kind}-{seed}": {
+    "kind": "editor", "build": lambda kind=kind, seed=seed: _build_editor(kind, seed),
+    "about": f"{label} meta-trained for tiny-gpt on editor_requests({seed}); load() returns the editor"}
+    for kind, label in (("mend", "MEND"), ("ke", "KnowledgeEditor")) for seed in EDITOR_SEEDS})
 
 
 def names() -> list[str]:
@@ -327,7 +399,12 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
     with random_state_kept():  # the recipe seeds the global streams; the caller's come back after it
         built, history, metrics = ZOO[name]["build"]()
     out.mkdir(parents=True, exist_ok=True)
-    if ZOO[name]["kind"] == "causal-lm":
+    if ZOO[name]["kind"] == "editor":
+        from ..editing import save_editor
+
+        save_editor(built, out)
+        config = built.config()
+    elif ZOO[name]["kind"] == "causal-lm":
         model, tokenizer = built
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
@@ -339,7 +416,10 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
         model = built
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
         config = model.config
-    n_params = count_parameters(built[0] if isinstance(built, tuple) else built)
+    if ZOO[name]["kind"] == "editor":
+        n_params = sum(p.numel() for p in built.parameters().values())
+    else:
+        n_params = count_parameters(built[0] if isinstance(built, tuple) else built)
     meta = {"name": name, "config": config, "parameters": n_params,
             "metrics": metrics, "build_seconds": round(time.time() - start, 1), "torch": torch.__version__,
             "history": [round(x, 5) for x in history]}
@@ -415,14 +495,21 @@ def _check_zoo_name(name: str) -> None:
 def load(name: str, device: torch.device | str | None = None, num_labels: int | None = None):
     """Load a model: a zoo name, a Hugging Face hub id, or a folder saved with ``save_pretrained``.
 
-    Returns ``(model, tokenizer)`` for language models and the model alone for the vision models,
-    in eval mode on ``device`` (default: :func:`lfm_ref.utils.device`). ``num_labels`` gives a Hugging
-    Face image classifier a new, freshly initialised head of that many classes (e.g. 10 for digits).
+    Returns ``(model, tokenizer)`` for language models, the model alone for the vision models
+    and the editor alone for the meta-trained editors (``tiny-gpt-mend-0``: its networks built for
+    ``tiny-gpt``), models in eval mode, all on ``device`` (default: :func:`lfm_ref.utils.device`).
+    ``num_labels`` gives a Hugging Face image classifier a new, freshly initialised head of that many
+    classes (e.g. 10 for digits).
     """
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"model name must be a string or a path, got {type(name).__name__}")
     dev = torch.device(device) if device is not None else default_device()
     name = os.fspath(name)
+    if name in ZOO and ZOO[name]["kind"] == "editor":
+        from ..editing import load_editor
+
+        folder = path(name)  # built first: its recipe loads tiny-gpt, so take the lock before us
+        return load_editor(folder, load("tiny-gpt", device=dev)[0])
     if name in ZOO and ZOO[name]["kind"] == "vision":
         from safetensors.torch import load_file
 
