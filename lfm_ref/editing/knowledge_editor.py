@@ -49,7 +49,7 @@ class UpdateHead(nn.Module):
         alpha, beta, gamma, delta, eta = self.net(h).split(self.sizes, -1)
         alpha_hat = torch.outer(torch.sigmoid(alpha), gamma)   # sigmoid(alpha) gamma^T
         beta_hat = torch.outer(torch.sigmoid(beta), delta)     # sigmoid(beta) delta^T
-        return torch.sigmoid(eta) * (alpha_hat * grad + beta_hat) # Eq. 4, (d_out, d_in)
+        return torch.sigmoid(eta) * (alpha_hat * grad + beta_hat)  # Eq. 4: d_out x d_in
 
 
 class KnowledgeEditor:
@@ -111,10 +111,16 @@ class KnowledgeEditor:
                 requests: Sequence[EditRequest]) -> dict[str, torch.Tensor]:
         """``{layer name: Delta W}`` (Eq. 4) for one request (a list of one, as
         :meth:`Mend.updates` takes), differentiable in the hypernetwork's parameters."""
+        (request,) = check_requests(requests, tokenizer, self.max_requests, self.name)
+        return self._updates(model, tokenizer, request)
+
+    def _updates(self, model: nn.Module, tokenizer,
+                 request: EditRequest) -> dict[str, torch.Tensor]:
+        """:meth:`updates` for one request already checked (meta-training checks them
+        all once, before its loop)."""
         if self.net is None:
             raise ValueError("KnowledgeEditor has no hypernetwork yet: call meta_train("
                              "model, tokenizer, requests, locality_prompts) first")
-        (request,) = check_requests(requests, tokenizer, self.max_requests, self.name)
         names = self._build(model)
         # grad_W L(W; x, a) = sum_t delta_t u_t^T, (d_out, d_in): MEND's Eq. 1 factors
         grads = {n: d.T @ u for n, (u, d) in
@@ -139,7 +145,7 @@ class KnowledgeEditor:
         with frozen(model), eval_mode(model):
             for _ in range(steps):
                 r = requests[torch.randint(len(requests), (1,), generator=g).item()]
-                updates = self.updates(model, tokenizer, [r])
+                updates = self._updates(model, tokenizer, r)
                 texts = [r.prompt, *r.paraphrases[:-1]][:2]  # never the held-out template
                 enc = {k: v.to(dev) for k, v in encode(tokenizer, texts).items()}
                 last = enc["attention_mask"].sum(1) - 1
@@ -167,5 +173,5 @@ class KnowledgeEditor:
     def edit(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest]) -> Edit:
         (request,) = check_requests(requests, tokenizer, self.max_requests, self.name)
         with torch.no_grad():
-            updates = self.updates(model, tokenizer, [request])     # W <- W + Delta W
+            updates = self._updates(model, tokenizer, request)      # W <- W + Delta W
         return apply_updates(model, updates, self.name, [request])

@@ -403,23 +403,19 @@ def build(name: str, out_dir: str | Path | None = None) -> Path:
         from ..editing import save_editor
 
         save_editor(built, out)
-        config = built.config()
+        config, n_params = built.config(), count_parameters(built.parameters())
     elif ZOO[name]["kind"] == "causal-lm":
         model, tokenizer = built
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         _portable_tokenizer_config(out)
-        config = model.config.to_diff_dict()
+        config, n_params = model.config.to_diff_dict(), count_parameters(model)
     else:
         from safetensors.torch import save_file
 
         model = built
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
-        config = model.config
-    if ZOO[name]["kind"] == "editor":
-        n_params = sum(p.numel() for p in built.parameters().values())
-    else:
-        n_params = count_parameters(built[0] if isinstance(built, tuple) else built)
+        config, n_params = model.config, count_parameters(model)
     meta = {"name": name, "config": config, "parameters": n_params,
             "metrics": metrics, "build_seconds": round(time.time() - start, 1), "torch": torch.__version__,
             "history": [round(x, 5) for x in history]}
